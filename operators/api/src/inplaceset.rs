@@ -1,0 +1,178 @@
+//! `InplaceSet`: an ordered, StatefulSet-like workload whose pods are updated
+//! in place (DESIGN.md §3). The controller arrives with its own issue; these
+//! are the fields it reads, with the descriptions `kubectl explain` prints.
+
+use k8s_openapi::{
+    api::core::v1::PodTemplateSpec,
+    apimachinery::pkg::{
+        apis::meta::v1::{Condition, LabelSelector},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// CEL rule for a count-or-percent field: a non-negative integer or "N%" with 0 ≤ N ≤ 100.
+const COUNT_OR_PERCENT: &str =
+    "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')";
+const COUNT_OR_PERCENT_MESSAGE: &str =
+    "must be a non-negative integer or a percentage from 0% to 100%, such as 3 or 25%";
+
+/// An ordered set of pods, like a StatefulSet, whose image and metadata changes
+/// are applied in place: pods keep their node, IP, volumes and UID.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "apps.berth.dev",
+    version = "v1alpha1",
+    kind = "InplaceSet",
+    namespaced,
+    shortname = "ips",
+    category = "all",
+    category = "berth",
+    status = "InplaceSetStatus",
+    doc = "InplaceSet is an ordered, StatefulSet-like workload whose pods are updated in place: an image or metadata change keeps each pod on its node with its IP, volumes and UID.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.labelSelector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas", description = "Desired number of pods"),
+    printcolumn(name = "Current", type_ = "integer", json_path = ".status.replicas", description = "Pods that exist"),
+    printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedReplicas", description = "Pods at the update revision"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods that are Ready"),
+    printcolumn(name = "Available", type_ = "integer", json_path = ".status.availableReplicas", description = "Pods Ready for at least minReadySeconds"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.updateStrategy.paused", priority = 1, description = "Whether the rollout is paused"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.updateRevision", priority = 1, description = "Revision the set is rolling to"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"
+).message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels").field_path(".selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct InplaceSetSpec {
+    /// Desired number of pods. Defaults to 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Label query over the pods this set owns. Must match the template's labels. Immutable.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.selector is immutable"))]
+    pub selector: LabelSelector,
+
+    /// Pod template. A change to it creates a new revision, rolled out per updateStrategy.
+    pub template: PodTemplateSpec,
+
+    /// How pods are created and deleted: OrderedReady (one at a time, by ordinal, as a
+    /// StatefulSet) or Parallel. Immutable.
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.podManagementPolicy is immutable"))]
+    pub pod_management_policy: PodManagementPolicy,
+
+    /// How a new revision replaces pods.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+
+    /// Seconds a new or updated pod must be Ready before it counts as available. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: Option<i32>,
+
+    /// Number of old revisions (ControllerRevisions) kept for rollback. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub revision_history_limit: Option<i32>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Order in which pods are created and deleted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodManagementPolicy {
+    /// One pod at a time, in ordinal order, each Ready before the next.
+    #[default]
+    OrderedReady,
+    /// All at once, without waiting for readiness.
+    Parallel,
+}
+
+/// How a new revision replaces pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// Recreate (delete and create each pod), InPlaceIfPossible (in place when the change
+    /// allows it, else recreate), InPlaceOnly (in place, or refuse the change with a
+    /// condition), or OnDelete (update only pods the user deletes). Defaults to InPlaceIfPossible.
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+
+    /// Pods with an ordinal below the partition keep the old revision: a count, or a percent
+    /// of replicas (a percent below 100% never rounds down to zero updated pods). Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
+    pub partition: Option<IntOrString>,
+
+    /// Most pods that may be unavailable during an update: a count or a percent of replicas.
+    /// Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
+    pub max_unavailable: Option<IntOrString>,
+
+    /// Stops the rollout where it is; pods already updated stay updated.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// How a pod moves to a new revision.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpdateStrategyType {
+    /// Delete the pod and create it again from the new revision.
+    Recreate,
+    /// Update in place when only images, labels or annotations changed; otherwise recreate.
+    #[default]
+    InPlaceIfPossible,
+    /// Update in place only; a change that cannot be made in place is refused with a condition.
+    InPlaceOnly,
+    /// Update a pod only when the user deletes it.
+    OnDelete,
+}
+
+/// Observed state of an InplaceSet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InplaceSetStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that are Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods Ready for at least minReadySeconds.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Pods at the update revision.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Pods at the update revision that are Ready.
+    #[serde(default)]
+    pub updated_ready_replicas: i32,
+    /// Revision of the pods not yet updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// Revision the set is rolling to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Bumped when a revision name collides, to keep revision names unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collision_count: Option<i32>,
+    /// Serialized label selector, for the scale subresource (HPA, kubectl scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Progressing, Available, Paused, FailedCreate, FailedUpdate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,301 @@
+//! In-place resource update state machine of DESIGN.md §5, stored in the
+//! [`crate::keys::RESIZE`] (payload) and [`crate::keys::RESIZE_STATE`]
+//! annotations. `None` stands for "no request": the state annotation absent.
+//!
+//! ```text
+//! (none) --Submit--> Created --Accept--> Accepted --Apply--> Applied
+//!                            --Reject--> Rejected --Fail/Expire--> Failed
+//! Created --Cancel--> (none);  Applied, Rejected, Failed --Submit--> Created
+//! ```
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Serialize};
+
+/// State of one resize request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResizeState {
+    /// Submitted, waiting for the feasibility check.
+    Created,
+    /// Fits the node; waiting for the node agent.
+    Accepted,
+    /// Does not fit the node (terminal).
+    Rejected,
+    /// Running state equals the request (terminal).
+    Applied,
+    /// The node could not apply it (terminal).
+    Failed,
+}
+
+/// What moves a resize request between states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeEvent {
+    /// A new request: allowed when none is in flight.
+    Submit,
+    /// The requester withdraws a request nobody has accepted yet.
+    Cancel,
+    Accept,
+    Reject,
+    Apply,
+    Fail,
+    /// The manager gives up on an accepted request past its deadline.
+    Expire,
+}
+
+/// Who may cause an event. The webhook maps a request's user to one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// Anyone allowed to update the pod (a user, or a controller on its behalf).
+    Requester,
+    /// The manager's service account (feasibility controller).
+    Manager,
+    /// The node agent of the node the pod is bound to.
+    NodeAgent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResizeError {
+    #[error("resize event {event:?} is not allowed in state {}; {hint}", state_name(*.from))]
+    IllegalEvent { from: Option<ResizeState>, event: ResizeEvent, hint: &'static str },
+    #[error("unknown resize state {0:?}; allowed: Created, Accepted, Rejected, Applied, Failed")]
+    UnknownState(String),
+    #[error("invalid {key} annotation: {reason}", key = crate::keys::RESIZE)]
+    InvalidRequest { reason: String },
+}
+
+fn state_name(s: Option<ResizeState>) -> &'static str {
+    s.map_or("(none)", ResizeState::as_str)
+}
+
+impl ResizeState {
+    pub const ALL: [ResizeState; 5] =
+        [Self::Created, Self::Accepted, Self::Rejected, Self::Applied, Self::Failed];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Accepted => "Accepted",
+            Self::Rejected => "Rejected",
+            Self::Applied => "Applied",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// A terminal state ends a request; a new one may be submitted.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Self::Rejected | Self::Applied | Self::Failed)
+    }
+}
+
+impl ResizeEvent {
+    pub const ALL: [ResizeEvent; 7] =
+        [Self::Submit, Self::Cancel, Self::Accept, Self::Reject, Self::Apply, Self::Fail, Self::Expire];
+
+    /// The only actor who may cause this event.
+    pub const fn actor(self) -> Actor {
+        match self {
+            Self::Submit | Self::Cancel => Actor::Requester,
+            Self::Accept | Self::Reject | Self::Expire => Actor::Manager,
+            Self::Apply | Self::Fail => Actor::NodeAgent,
+        }
+    }
+
+    /// The events that turn `from` into `to` (several may: Fail and Expire).
+    pub fn between(from: Option<ResizeState>, to: Option<ResizeState>) -> Vec<ResizeEvent> {
+        Self::ALL.into_iter().filter(|e| transition(from, *e) == Ok(to)).collect()
+    }
+}
+
+/// The one transition function.
+pub fn transition(from: Option<ResizeState>, event: ResizeEvent) -> Result<Option<ResizeState>, ResizeError> {
+    use ResizeEvent as E;
+    use ResizeState as S;
+    let illegal = |hint| Err(ResizeError::IllegalEvent { from, event, hint });
+    match (from, event) {
+        (None, E::Submit) => Ok(Some(S::Created)),
+        (Some(S::Rejected | S::Applied | S::Failed), E::Submit) => Ok(Some(S::Created)),
+        (Some(S::Created | S::Accepted), E::Submit) => {
+            illegal("a request is in flight: wait for Applied, Rejected or Failed, or cancel it while Created")
+        }
+        (Some(S::Created), E::Cancel) => Ok(None),
+        (_, E::Cancel) => illegal("only a Created request can be cancelled"),
+        (Some(S::Created), E::Accept) => Ok(Some(S::Accepted)),
+        (Some(S::Created), E::Reject) => Ok(Some(S::Rejected)),
+        (_, E::Accept | E::Reject) => illegal("only a Created request can be accepted or rejected"),
+        (Some(S::Accepted), E::Apply) => Ok(Some(S::Applied)),
+        (Some(S::Accepted), E::Fail | E::Expire) => Ok(Some(S::Failed)),
+        (_, E::Apply | E::Fail | E::Expire) => illegal("only an Accepted request can be applied or fail"),
+    }
+}
+
+impl fmt::Display for ResizeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ResizeState {
+    type Err = ResizeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ResizeError::UnknownState(s.to_string()))
+    }
+}
+
+/// The payload of the [`crate::keys::RESIZE`] annotation: desired resources
+/// per container name, and an optional exclusive-CPU policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// Container name → desired requests and limits.
+    pub containers: BTreeMap<String, ContainerResources>,
+    /// Pin the pod's containers to exclusive CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<CpusetPolicy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerResources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CpusetPolicy {
+    /// Number of whole CPUs given exclusively to the pod.
+    pub exclusive_cpus: u32,
+}
+
+/// Resources a resize may change.
+pub const RESIZABLE_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+impl FromStr for ResizeRequest {
+    type Err = ResizeError;
+
+    /// Parses the annotation value; checks shape only (quantities against
+    /// the pod are checked where the pod is known).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| ResizeError::InvalidRequest { reason };
+        let req: ResizeRequest = serde_json::from_str(s).map_err(|e| {
+            invalid(format!(
+                "{e}; expected JSON like {{\"containers\":{{\"app\":{{\"requests\":{{\"cpu\":\"500m\"}},\"limits\":{{\"memory\":\"1Gi\"}}}}}},\"cpuset\":{{\"exclusiveCpus\":2}}}}"
+            ))
+        })?;
+        if req.containers.is_empty() && req.cpuset.is_none() {
+            return Err(invalid("names no container and no cpuset: nothing to change".into()));
+        }
+        for (name, res) in &req.containers {
+            for resource in res.requests.keys().chain(res.limits.keys()) {
+                if !RESIZABLE_RESOURCES.contains(&resource.as_str()) {
+                    return Err(invalid(format!(
+                        "container {name:?}: resource {resource:?} cannot be resized in place; allowed: cpu, memory"
+                    )));
+                }
+            }
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ResizeEvent as E, ResizeState as S, *};
+
+    fn states() -> Vec<Option<S>> {
+        std::iter::once(None).chain(S::ALL.map(Some)).collect()
+    }
+
+    /// The whole table, written out once: every (state, event) pair.
+    fn expected(from: Option<S>, event: E) -> Option<Option<S>> {
+        Some(match (from, event) {
+            (None | Some(S::Rejected | S::Applied | S::Failed), E::Submit) => Some(S::Created),
+            (Some(S::Created), E::Cancel) => None,
+            (Some(S::Created), E::Accept) => Some(S::Accepted),
+            (Some(S::Created), E::Reject) => Some(S::Rejected),
+            (Some(S::Accepted), E::Apply) => Some(S::Applied),
+            (Some(S::Accepted), E::Fail | E::Expire) => Some(S::Failed),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn every_state_event_pair_matches_the_table() {
+        let mut legal = 0;
+        for from in states() {
+            for event in E::ALL {
+                match (transition(from, event), expected(from, event)) {
+                    (Ok(got), Some(want)) => {
+                        assert_eq!(got, want, "{from:?} on {event:?}");
+                        legal += 1;
+                    }
+                    (Err(ResizeError::IllegalEvent { from: f, event: e, hint }), None) => {
+                        assert_eq!((f, e), (from, event));
+                        assert!(!hint.is_empty());
+                    }
+                    (got, want) => panic!("{from:?} on {event:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+        assert_eq!(legal, 10, "number of legal transitions");
+    }
+
+    #[test]
+    fn each_event_has_one_actor() {
+        assert_eq!(E::Submit.actor(), Actor::Requester);
+        assert_eq!(E::Cancel.actor(), Actor::Requester);
+        assert_eq!(E::Accept.actor(), Actor::Manager);
+        assert_eq!(E::Reject.actor(), Actor::Manager);
+        assert_eq!(E::Expire.actor(), Actor::Manager);
+        assert_eq!(E::Apply.actor(), Actor::NodeAgent);
+        assert_eq!(E::Fail.actor(), Actor::NodeAgent);
+    }
+
+    #[test]
+    fn between_finds_every_event_for_a_change() {
+        assert_eq!(E::between(Some(S::Accepted), Some(S::Failed)), vec![E::Fail, E::Expire]);
+        assert_eq!(E::between(Some(S::Created), Some(S::Accepted)), vec![E::Accept]);
+        assert_eq!(E::between(Some(S::Applied), Some(S::Created)), vec![E::Submit]);
+        assert!(E::between(Some(S::Created), Some(S::Applied)).is_empty());
+        assert!(E::between(None, Some(S::Accepted)).is_empty());
+    }
+
+    #[test]
+    fn resubmitting_in_flight_says_what_to_do() {
+        let err = transition(Some(S::Accepted), E::Submit).unwrap_err().to_string();
+        assert!(err.starts_with("resize event Submit is not allowed in state Accepted; a request is in flight"), "{err}");
+    }
+
+    #[test]
+    fn parses_a_request_and_round_trips() {
+        let raw = r#"{"containers":{"app":{"requests":{"cpu":"500m"},"limits":{"cpu":"1","memory":"1Gi"}}},"cpuset":{"exclusiveCpus":2}}"#;
+        let req: ResizeRequest = raw.parse().unwrap();
+        assert_eq!(req.containers["app"].requests["cpu"], Quantity("500m".into()));
+        assert_eq!(req.cpuset, Some(CpusetPolicy { exclusive_cpus: 2 }));
+        assert_eq!(serde_json::to_string(&req).unwrap(), raw);
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_the_reason() {
+        let cases = [
+            ("not json", "expected JSON like"),
+            (r#"{"containers":{}}"#, "nothing to change"),
+            (r#"{"containers":{"app":{"requests":{"nvidia.com/gpu":"1"}}}}"#, "allowed: cpu, memory"),
+            (r#"{"containers":{"app":{"request":{}}}}"#, "unknown field `request`"),
+            (r#"{"cpuset":{"exclusiveCpus":-1}}"#, "invalid value"),
+        ];
+        for (raw, want) in cases {
+            let err = raw.parse::<ResizeRequest>().unwrap_err().to_string();
+            assert!(err.starts_with("invalid berth.dev/resize annotation: "), "{err}");
+            assert!(err.contains(want), "{raw}: {err}");
+        }
+        assert!("Accepted".parse::<S>().is_ok());
+        assert!("accepted".parse::<S>().unwrap_err().to_string().contains("allowed: Created"));
+    }
+}
