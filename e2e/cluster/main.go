@@ -41,6 +41,8 @@ func main() {
 		// etcdmain parses os.Args itself, skipping the program name.
 		etcdmain.Main(append([]string{"etcd"}, os.Args[2:]...))
 		return
+	case "hollow-fleet":
+		os.Exit(runFleet(os.Args[2:]))
 	case "kubectl":
 		os.Args = append([]string{"kubectl"}, os.Args[2:]...)
 		logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) // nolint:errcheck
@@ -58,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	names := []string{"etcd", "kubectl"}
+	names := []string{"etcd", "hollow-fleet", "kubectl"}
 	for n := range commands {
 		names = append(names, n)
 	}

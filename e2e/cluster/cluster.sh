@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# The local test cluster: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and simulated (kubemark hollow) nodes, all built from the
+# Kubernetes Go modules into one binary (berth-k8s) and run as host processes.
+#
+#   cluster.sh up [--nodes N]   start (or keep) the cluster; writes $STATE/kubeconfig
+#   cluster.sh down             stop every process and delete the state
+#   cluster.sh status           what is running
+#   cluster.sh token NS SA      mint a token for a service account
+#   cluster.sh kubeconfig NS SA FILE   write a kubeconfig acting as that service account
+#   cluster.sh nodes N          start another hollow-fleet process adding N nodes
+#
+# Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+STATE="${E2E_STATE:-$ROOT/target/e2e}"
+BIN="${BERTH_K8S:?BERTH_K8S must name the berth-k8s binary (make k8s-bin builds it)}"
+PKI="$STATE/pki" LOGS="$STATE/logs" PIDS="$STATE/pids"
+KUBECONFIG_FILE="$STATE/kubeconfig"
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start NAME ARGS...: run a component in the background, its log in $LOGS/NAME.log.
+start() {
+  local name="$1"; shift
+  # setsid: its own process group, so `down` can stop it and its children.
+  setsid "$BIN" "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+alive() { [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+# wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds; fail naming the log.
+wait_for() {
+  local name="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then
+      tail -n 20 "$LOGS/$name.log" >&2 || true
+      die "$name exited during start-up; see $LOGS/$name.log"
+    fi
+    if (( SECONDS > deadline )); then
+      tail -n 20 "$LOGS/$name.log" >&2 || true
+      die "$name not ready after ${secs}s; see $LOGS/$name.log"
+    fi
+    sleep 0.3
+  done
+}
+
+kubectl() { "$BIN" kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# cert NAME CN ORG [SANS]: a key and a certificate signed by the cluster CA.
+cert() {
+  local name="$1" cn="$2" org="$3" sans="${4:-}"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$name.key" 2>/dev/null
+  local subj="/CN=$cn"; [[ -n "$org" ]] && subj="/O=$org$subj"
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  local ext="$PKI/$name.ext"
+  if [[ -n "$sans" ]]; then
+    printf 'keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$sans" >"$ext"
+  else
+    printf 'keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$ext"
+  fi
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 365 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$ext"
+}
+
+# write_kubeconfig FILE SERVER USER [cert|token] VALUE...
+write_kubeconfig() {
+  local file="$1" server="$2" user="$3" kind="$4"
+  {
+    cat <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: berth-local
+  cluster:
+    server: $server
+    certificate-authority: $PKI/ca.crt
+contexts:
+- name: $user@berth-local
+  context: {cluster: berth-local, user: $user}
+current-context: $user@berth-local
+users:
+- name: $user
+  user:
+YAML
+    if [[ "$kind" == cert ]]; then
+      printf '    client-certificate: %s\n    client-key: %s\n' "$5" "$6"
+    else
+      printf '    token: %s\n' "$5"
+    fi
+  } >"$file"
+}
+
+make_pki() {
+  mkdir -p "$PKI"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key.ec" 2>/dev/null
+  # PKCS#8, which the hollow fleet's Go code and the controller-manager's signer both read.
+  openssl pkcs8 -topk8 -nocrypt -in "$PKI/ca.key.ec" -out "$PKI/ca.key"; rm -f "$PKI/ca.key.ec"
+  openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=berth-local-ca" -days 3650 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/ca.crt" 2>/dev/null
+  cert apiserver kube-apiserver "" \
+    "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  cert admin kubernetes-admin system:masters
+  cert controller-manager system:kube-controller-manager ""
+  cert scheduler system:kube-scheduler ""
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+}
+
+cmd_up() {
+  local nodes=3
+  while (( $# )); do
+    case "$1" in
+      --nodes) nodes="$2"; shift 2 ;;
+      *) die "unknown flag $1 (allowed: --nodes N)" ;;
+    esac
+  done
+  [[ -x "$BIN" ]] || die "$BIN is missing; run make k8s-bin"
+  if alive kube-apiserver; then
+    log "already running; kubeconfig: $KUBECONFIG_FILE"
+    return 0
+  fi
+  cmd_down >/dev/null 2>&1 || true
+  mkdir -p "$LOGS" "$PIDS" "$STATE/etcd" "$STATE/nodes"
+  # A failed start leaves nothing running; the logs stay for the reader.
+  trap 'rc=$?; (( rc == 0 )) || cmd_down >/dev/null 2>&1' EXIT
+  local t0=$SECONDS
+  make_pki
+
+  local etcd_port etcd_peer api_port cm_port sched_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  cm_port=$(free_port); sched_port=$(free_port)
+  local server="https://127.0.0.1:$api_port"
+  echo "$server" >"$STATE/server"
+
+  log "etcd on 127.0.0.1:$etcd_port"
+  # --unsafe-no-fsync: a throwaway test store; durability buys nothing here.
+  start etcd etcd --name berth-local --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "berth-local=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync \
+    --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) --log-level warn
+  wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  log "kube-apiserver on $server"
+  start kube-apiserver kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --endpoint-reconciler-type none \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true --profiling=false \
+    --max-requests-inflight 800 --max-mutating-requests-inflight 400
+  write_kubeconfig "$KUBECONFIG_FILE" "$server" admin cert "$PKI/admin.crt" "$PKI/admin.key"
+  wait_for kube-apiserver 120 curl -sf --cacert "$PKI/ca.crt" "$server/readyz"
+
+  write_kubeconfig "$STATE/controller-manager.kubeconfig" "$server" controller-manager cert \
+    "$PKI/controller-manager.crt" "$PKI/controller-manager.key"
+  write_kubeconfig "$STATE/scheduler.kubeconfig" "$server" scheduler cert "$PKI/scheduler.crt" "$PKI/scheduler.key"
+
+  log "kube-controller-manager, kube-scheduler"
+  start kube-controller-manager kube-controller-manager \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$cm_port" --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --kube-api-qps 200 --kube-api-burst 400 --concurrent-statefulset-syncs 10
+  start kube-scheduler kube-scheduler \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false
+  wait_for kube-controller-manager 60 curl -sfk "https://127.0.0.1:$cm_port/healthz"
+  wait_for kube-scheduler 60 curl -sfk "https://127.0.0.1:$sched_port/healthz"
+
+  cmd_nodes "$nodes"
+  # The controller manager creates each namespace's default service account.
+  wait_for kube-controller-manager 60 kubectl get serviceaccount default -n default
+  trap - EXIT
+  log "up in $((SECONDS - t0))s: $nodes nodes; export KUBECONFIG=$KUBECONFIG_FILE"
+}
+
+# cmd_nodes N: one more hollow-fleet process with N nodes, named after those that exist.
+cmd_nodes() {
+  local count="$1" first=0 fleet=0
+  while [[ -f "$PIDS/hollow-fleet-$fleet.pid" ]]; do
+    first=$((first + $(cat "$STATE/hollow-fleet-$fleet.count"))); fleet=$((fleet + 1))
+  done
+  local name="hollow-fleet-$fleet"
+  echo "$count" >"$STATE/$name.count"
+  log "$name: $count hollow nodes (hollow-node-$first..$((first + count - 1)))"
+  start "$name" hollow-fleet --count "$count" --first-index "$first" \
+    --first-port "$((20000 + first))" \
+    --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
+    --state-dir "$STATE/nodes" --v 1
+  local want=$((first + count))
+  wait_for "$name" $((60 + count / 5)) nodes_ready "$want"
+}
+
+nodes_ready() {
+  local ready
+  ready=$(kubectl get nodes --no-headers 2>/dev/null | awk '$2 == "Ready"' | wc -l)
+  (( ready >= $1 ))
+}
+
+cmd_down() {
+  local stopped=0
+  if [[ -d "$PIDS" ]]; then
+    for f in "$PIDS"/*.pid; do
+      [[ -e "$f" ]] || continue
+      local pid; pid=$(cat "$f")
+      # Each component leads its own process group (setsid).
+      kill -TERM -- "-$pid" 2>/dev/null && stopped=$((stopped + 1)) || true
+    done
+    for f in "$PIDS"/*.pid; do
+      [[ -e "$f" ]] || continue
+      local pid; pid=$(cat "$f") i=0
+      while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.2; i=$((i + 1)); done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+  fi
+  rm -rf "$STATE/etcd" "$STATE/nodes" "$PIDS" "$PKI" "$STATE"/*.kubeconfig "$STATE/kubeconfig" \
+    "$STATE/server" "$STATE"/hollow-fleet-*.count
+  log "down: stopped $stopped processes (logs kept in $LOGS)"
+}
+
+cmd_status() {
+  for f in "$PIDS"/*.pid; do
+    [[ -e "$f" ]] || { echo "not running"; return 1; }
+    local name; name=$(basename "$f" .pid)
+    if alive "$name"; then echo "$name running (pid $(cat "$f"))"; else echo "$name DEAD (see $LOGS/$name.log)"; fi
+  done
+}
+
+cmd_token() {
+  local ns="${1:?namespace}" sa="${2:?service account}"
+  kubectl create token "$sa" -n "$ns" --duration 24h
+}
+
+cmd_kubeconfig() {
+  local ns="${1:?namespace}" sa="${2:?service account}" file="${3:?output file}"
+  write_kubeconfig "$file" "$(cat "$STATE/server")" "system:serviceaccount:$ns:$sa" token "$(cmd_token "$ns" "$sa")"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  token) shift; cmd_token "$@" ;;
+  kubeconfig) shift; cmd_kubeconfig "$@" ;;
+  nodes) shift; cmd_nodes "$@" ;;
+  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N" >&2; exit 2 ;;
+esac
