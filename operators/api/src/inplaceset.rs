@@ -45,9 +45,6 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
     printcolumn(name = "Revision", type_ = "string", json_path = ".status.updateRevision", priority = 1, description = "Revision the set is rolling to"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"
-).message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels").field_path(".selector"))]
 #[serde(rename_all = "camelCase")]
 pub struct InplaceSetSpec {
     /// Desired number of pods. Defaults to 1.
@@ -55,7 +52,9 @@ pub struct InplaceSetSpec {
     #[schemars(range(min = 0))]
     pub replicas: i32,
 
-    /// Label query over the pods this set owns. Must match the template's labels. Immutable.
+    /// Label query over the pods this set owns. Must match the template's labels (checked by
+    /// the validating webhook: as a CEL rule over two label maps it exceeds the apiserver's
+    /// cost budget). Immutable.
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.selector is immutable"))]
     pub selector: LabelSelector,
 
