@@ -32,10 +32,12 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// Drops the descriptions *inside* embedded core types (pod template,
 /// containers, volumes): upstream documents them, and with them a CRD exceeds
 /// the 256 KiB annotation that `kubectl apply` writes. Field structure, and so
-/// validation and pruning, is untouched.
+/// validation and pruning, is untouched. Also joins the doc comments' wrapped
+/// lines, which `kubectl explain` would otherwise print as hard breaks.
 fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
     for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        unwrap_descriptions(&mut version["schema"]["openAPIV3Schema"]);
         for path in paths {
             let mut node = &mut version["schema"]["openAPIV3Schema"];
             for field in path.split('.') {
@@ -48,6 +50,29 @@ fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefin
         }
     }
     serde_json::from_value(value).expect("a CRD round-trips through JSON")
+}
+
+fn unwrap_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if key == "description" => *text = unwrap_lines(text),
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph; paragraphs stay apart.
+fn unwrap_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 fn strip_descriptions(value: &mut Value) {
@@ -70,6 +95,13 @@ mod tests {
             let size = serde_json::to_vec(&crd).unwrap().len();
             assert!(size < 200 * 1024, "{:?} is {size} bytes", crd.metadata.name);
         }
+    }
+
+    #[test]
+    fn descriptions_are_unwrapped_into_paragraphs() {
+        assert_eq!(super::unwrap_lines("a count, or a percent\nof replicas.\n\nDefaults to 0."), "a count, or a percent of replicas.\n\nDefaults to 0.");
+        let crd = serde_json::to_string(&super::crds()[0]).unwrap();
+        assert!(crd.contains("Pods with an ordinal below the partition keep the old revision: a count, or a percent of replicas"));
     }
 
     #[test]
