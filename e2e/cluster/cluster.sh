@@ -15,7 +15,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 STATE="${E2E_STATE:-$ROOT/target/e2e}"
-BIN="${BERTH_K8S:?BERTH_K8S must name the berth-k8s binary (make k8s-bin builds it)}"
+BIN="${BERTH_K8S:-}"
 PKI="$STATE/pki" LOGS="$STATE/logs" PIDS="$STATE/pids"
 KUBECONFIG_FILE="$STATE/kubeconfig"
 
@@ -126,7 +126,7 @@ cmd_up() {
       *) die "unknown flag $1 (allowed: --nodes N)" ;;
     esac
   done
-  [[ -x "$BIN" ]] || die "$BIN is missing; run make k8s-bin"
+  [[ -n "$BIN" && -x "$BIN" ]] || die "BERTH_K8S must name the berth-k8s binary (make k8s-bin builds it); got '${BIN}'"
   if alive kube-apiserver; then
     log "already running; kubeconfig: $KUBECONFIG_FILE"
     return 0

@@ -2,7 +2,7 @@ package main
 
 // hollow-fleet runs many kubemark hollow kubelets in one process: the real
 // kubelet code (pod workers, status manager, node lease, in-place container
-// restart on an image change) over the fake CRI runtime kubemark uses. One
+// restart on an image change) over the fake CRI runtime kubemark uses (plus resizing, see resize.go). One
 // process instead of one per node keeps hundreds of nodes within this
 // machine's memory. Each node gets its own client certificate
 // (system:node:NAME), so the apiserver's Node authorizer and NodeRestriction
@@ -27,14 +27,12 @@ import (
 
 	cadvisorapi "github.com/google/cadvisor/lib/model"
 	"k8s.io/apimachinery/pkg/api/resource"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	clientset "k8s.io/client-go/kubernetes"
 	restclient "k8s.io/client-go/rest"
 	remote "k8s.io/cri-client/pkg"
-	fakeremote "k8s.io/cri-client/pkg/fake"
-	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/klog/v2"
 	cadvisortest "k8s.io/kubernetes/pkg/kubelet/cadvisor/testing"
-	"k8s.io/kubernetes/pkg/kubelet/cm"
 	"k8s.io/kubernetes/pkg/kubemark"
 )
 
@@ -151,6 +149,10 @@ func startNode(ctx context.Context, cfg *fleetConfig, signer *caSigner, name str
 	kc.StaticPodPath = filepath.Join(root, "static-pods")
 	kc.PodLogsDir = filepath.Join(root, "pod-logs")
 	kc.Address = "127.0.0.1"
+	// As on a real node: the kubelet manages a pod-level cgroup (in memory,
+	// see resize.go), which an in-place resize reads and writes.
+	kc.CgroupsPerQOS = true
+	kc.CgroupRoot = "/"
 
 	heartbeatCfg := *restCfg
 	heartbeatCfg.Timeout = kc.NodeStatusUpdateFrequency.Duration
@@ -164,8 +166,8 @@ func startNode(ctx context.Context, cfg *fleetConfig, signer *caSigner, name str
 	}
 
 	endpoint := "unix://" + filepath.Join(root, "cri.sock")
-	fakeRuntime := fakeremote.NewFakeRemoteRuntime()
-	if err := fakeRuntime.Start(endpoint); err != nil {
+	fakeRuntime, err := startRuntime(endpoint)
+	if err != nil {
 		return fmt.Errorf("fake runtime: %w", err)
 	}
 	runtimeService, err := remote.NewRemoteRuntimeServiceBuilder().
@@ -175,7 +177,7 @@ func startNode(ctx context.Context, cfg *fleetConfig, signer *caSigner, name str
 	}
 	kubelet := kubemark.NewHollowKubelet(flags, kc, client, heartbeatClient,
 		&sizedCadvisor{Fake: cadvisortest.Fake{NodeName: name}, cores: cfg.cores, memory: memory},
-		fakeRuntime.ImageService, runtimeService, cm.NewStubContainerManager())
+		fakeRuntime.ImageService, runtimeService, newResizableContainerManager())
 	go kubelet.Run(ctx)
 	return nil
 }

@@ -266,3 +266,52 @@ fn is_ready_pod(pod: &Pod) -> bool {
 fn is_ready(pod: Option<&Pod>) -> bool {
     pod.is_some_and(is_ready_pod)
 }
+
+#[tokio::test]
+async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "resize").await?;
+    let pods: Api<Pod> = ns.api();
+    let resources = |cpu_req: &str, cpu_lim: &str, mem_lim: &str| {
+        json!({"requests": {"cpu": cpu_req, "memory": "64Mi"}, "limits": {"cpu": cpu_lim, "memory": mem_lim}})
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "sized"},
+        "spec": {"containers": [{"name": "app", "image": images().0, "resources": resources("100m", "200m", "128Mi")}]}
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let before = wait_for(&pods, "sized", Duration::from_secs(60), "Ready", is_ready).await?;
+
+    let resize = |r: Value| json!({"spec": {"containers": [{"name": "app", "resources": r}]}});
+    pods.patch_resize("sized", &PatchParams::default(), &Patch::Strategic(resize(resources("300m", "400m", "256Mi"))))
+        .await?;
+    let want = resources("300m", "400m", "256Mi");
+    let after = wait_for(&pods, "sized", Duration::from_secs(60), "reporting the new resources", |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            let reported = serde_json::to_value(&container_status(p, "app").resources).unwrap_or_default();
+            reported == want && !has_condition(p, "PodResizeInProgress") && !has_condition(p, "PodResizePending")
+        })
+    })
+    .await?;
+    assert_eq!(after.uid(), before.uid());
+    assert_eq!(container_status(&after, "app").restart_count, 0, "a resize does not restart the container");
+
+    // More CPU than the node has: the apiserver refuses the resize (1.37 checks
+    // node allocatable at admission), and the pod keeps running as it was.
+    let (code, message) = refusal(
+        pods.patch_resize("sized", &PatchParams::default(), &Patch::Strategic(resize(resources("500", "500", "256Mi"))))
+            .await,
+    )?;
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("node didn't have enough allocatable resources: cpu"), "{message}");
+    let still = pods.get("sized").await?;
+    assert_eq!(serde_json::to_value(&container_status(&still, "app").resources)?, want);
+    ns.delete().await
+}
+
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
