@@ -36,14 +36,55 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.labelSelector"
     ),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas", description = "Desired number of pods"),
-    printcolumn(name = "Current", type_ = "integer", json_path = ".status.replicas", description = "Pods that exist"),
-    printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedReplicas", description = "Pods at the update revision"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods that are Ready"),
-    printcolumn(name = "Available", type_ = "integer", json_path = ".status.availableReplicas", description = "Pods Ready for at least minReadySeconds"),
-    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.updateStrategy.paused", priority = 1, description = "Whether the rollout is paused"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.updateRevision", priority = 1, description = "Revision the set is rolling to"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired number of pods"
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Pods that exist"
+    ),
+    printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Pods at the update revision"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Pods that are Ready"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.availableReplicas",
+        description = "Pods Ready for at least minReadySeconds"
+    ),
+    printcolumn(
+        name = "Paused",
+        type_ = "boolean",
+        json_path = ".spec.updateStrategy.paused",
+        priority = 1,
+        description = "Whether the rollout is paused"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.updateRevision",
+        priority = 1,
+        description = "Revision the set is rolling to"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InplaceSetSpec {
@@ -87,7 +128,9 @@ fn default_replicas() -> i32 {
 }
 
 /// Order in which pods are created and deleted.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum PodManagementPolicy {
     /// One pod at a time, in ordinal order, each Ready before the next.
     #[default]
@@ -124,7 +167,9 @@ pub struct UpdateStrategy {
 }
 
 /// How a pod moves to a new revision.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum UpdateStrategyType {
     /// Delete the pod and create it again from the new revision.
     Recreate,

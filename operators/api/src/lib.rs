@@ -3,6 +3,9 @@
 //! (through `crdgen`) and the docs all derive from this crate; nothing else
 //! spells a key or a legal transition.
 
+// kube-derive repeats `printcolumn(type_ = ..)` keys, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod inplaceset;
 pub mod keys;
 pub mod lifecycle;
@@ -25,7 +28,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![
         compact(InplaceSet::crd(), &["spec.template"]),
-        compact(SidecarSet::crd(), &["spec.containers", "spec.initContainers", "spec.volumes"]),
+        compact(
+            SidecarSet::crd(),
+            &["spec.containers", "spec.initContainers", "spec.volumes"],
+        ),
     ]
 }
 
@@ -36,7 +42,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// lines, which `kubectl explain` would otherwise print as hard breaks.
 fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
-    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+    for version in value["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
         unwrap_descriptions(&mut version["schema"]["openAPIV3Schema"]);
         for path in paths {
             let mut node = &mut version["schema"]["openAPIV3Schema"];
@@ -44,7 +54,11 @@ fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefin
                 node = &mut node["properties"][field];
             }
             assert!(node.is_object(), "compact: {path} is not in the schema");
-            for child in node.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            for child in node
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
                 strip_descriptions(child);
             }
         }
@@ -99,7 +113,10 @@ mod tests {
 
     #[test]
     fn descriptions_are_unwrapped_into_paragraphs() {
-        assert_eq!(super::unwrap_lines("a count, or a percent\nof replicas.\n\nDefaults to 0."), "a count, or a percent of replicas.\n\nDefaults to 0.");
+        assert_eq!(
+            super::unwrap_lines("a count, or a percent\nof replicas.\n\nDefaults to 0."),
+            "a count, or a percent of replicas.\n\nDefaults to 0."
+        );
         let crd = serde_json::to_string(&super::crds()[0]).unwrap();
         assert!(crd.contains("Pods with an ordinal below the partition keep the old revision: a count, or a percent of replicas"));
     }
@@ -109,7 +126,12 @@ mod tests {
         let crd = serde_json::to_value(&super::crds()[0]).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let template = &spec["properties"]["template"];
-        assert!(template["description"].as_str().unwrap().starts_with("Pod template"));
+        assert!(
+            template["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Pod template")
+        );
         let containers = &template["properties"]["spec"]["properties"]["containers"];
         assert_eq!(containers["type"], "array");
         assert!(containers.get("description").is_none());

@@ -22,10 +22,29 @@ use serde::{Deserialize, Serialize};
     category = "berth",
     status = "SidecarSetStatus",
     doc = "SidecarSet injects sidecar containers into the pods its selectors match, at pod creation, and upgrades them in place when they change. Deleting it stops injection; running pods keep their sidecars until recreated.",
-    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedPods", description = "Pods the selectors match"),
-    printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedPods", description = "Matched pods running the latest sidecars"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyPods", description = "Matched pods that are Ready"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.matchedPods",
+        description = "Pods the selectors match"
+    ),
+    printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedPods",
+        description = "Matched pods running the latest sidecars"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyPods",
+        description = "Matched pods that are Ready"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSetSpec {
@@ -72,7 +91,9 @@ pub struct SidecarSetUpdateStrategy {
     pub paused: bool,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum SidecarSetUpdateStrategyType {
     /// Only newly created pods get a changed sidecar.
     NotUpdate,

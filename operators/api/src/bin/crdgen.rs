@@ -31,7 +31,10 @@ fn main() -> ExitCode {
         }
     }
     if !stale.is_empty() {
-        eprintln!("crdgen: stale CRD files (run `make crds`): {}", stale.join(", "));
+        eprintln!(
+            "crdgen: stale CRD files (run `make crds`): {}",
+            stale.join(", ")
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
