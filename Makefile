@@ -65,6 +65,12 @@ cluster-up: deps $(BERTH_K8S) $(E2E_STATE)/bin/kubectl ## start the local cluste
 cluster-down: ## stop the local cluster, leaving no process behind
 	@e2e/cluster/cluster.sh down
 
+.PHONY: lint
+lint: ## rustfmt, clippy (warnings are errors), gofmt of the cluster harness
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	@test -z "$$(gofmt -l e2e/cluster)" || { gofmt -l e2e/cluster; echo "gofmt: run gofmt -w e2e/cluster"; exit 1; }
+
 .PHONY: unit
 unit: deps ## unit tests (no cluster)
 	cargo test --workspace --exclude berth-e2e --locked
@@ -81,9 +87,9 @@ e2e: ## e2e suites against the local cluster (started and stopped here) or E2E_K
 	fi
 
 .PHONY: test
-test: deps ## everything CI runs: CRD freshness, unit tests, e2e on a real local cluster
+test: deps ## everything CI runs: CRD freshness, lint, unit tests, e2e on a real local cluster
 	@mkdir -p target; set -o pipefail; \
-	$(MAKE) --no-print-directory crds-check unit e2e 2>&1 | tee target/test.log; rc=$$?; \
+	$(MAKE) --no-print-directory crds-check lint unit e2e 2>&1 | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$rc
 

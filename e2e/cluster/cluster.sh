@@ -19,6 +19,10 @@ BIN="${BERTH_K8S:-}"
 PKI="$STATE/pki" LOGS="$STATE/logs" PIDS="$STATE/pids"
 KUBECONFIG_FILE="$STATE/kubeconfig"
 
+# Every hollow node holds sockets and watches: hundreds of nodes need more
+# than the usual 1024 descriptors (root may raise the hard limit too).
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
