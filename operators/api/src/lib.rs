@@ -6,6 +6,7 @@
 // kube-derive repeats `printcolumn(type_ = ..)` keys, which this lint misreads.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod inplace;
 pub mod inplaceset;
 pub mod keys;
 pub mod lifecycle;

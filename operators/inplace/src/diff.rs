@@ -1,0 +1,238 @@
+//! Classifies the change between two pod templates.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use serde_json::Value;
+
+/// What moving a pod from one template to another takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdatePlan {
+    /// The templates are the same.
+    Unchanged,
+    /// The kubelet can apply the change to the running pod.
+    InPlace(InPlaceChanges),
+    /// Only a new pod can carry the change; each reason names a field.
+    Recreate(Vec<String>),
+}
+
+/// The parts of a pod an in-place update changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InPlaceChanges {
+    /// Container name → new image (app containers and native sidecars).
+    pub images: BTreeMap<String, String>,
+    /// Label → new value, or `None` to remove it.
+    pub labels: BTreeMap<String, Option<String>>,
+    /// Annotation → new value, or `None` to remove it.
+    pub annotations: BTreeMap<String, Option<String>>,
+}
+
+impl InPlaceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty() && self.labels.is_empty() && self.annotations.is_empty()
+    }
+}
+
+/// Decides how a pod created from `old` moves to `new`.
+pub fn plan_update(old: &PodTemplateSpec, new: &PodTemplateSpec) -> UpdatePlan {
+    if old == new {
+        return UpdatePlan::Unchanged;
+    }
+    let mut reasons = Vec::new();
+    let mut changes = InPlaceChanges::default();
+
+    let (old_meta, new_meta) = (old.metadata.clone().unwrap_or_default(), new.metadata.clone().unwrap_or_default());
+    changes.labels = map_changes(old_meta.labels.as_ref(), new_meta.labels.as_ref());
+    changes.annotations = map_changes(old_meta.annotations.as_ref(), new_meta.annotations.as_ref());
+    let strip = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let mut m = m.clone();
+        m.labels = None;
+        m.annotations = None;
+        m
+    };
+    if strip(&old_meta) != strip(&new_meta) {
+        reasons.push("template metadata other than labels and annotations changed".to_string());
+    }
+
+    let (old_spec, new_spec) = (old.spec.clone().unwrap_or_default(), new.spec.clone().unwrap_or_default());
+    compare_containers("containers", &old_spec.containers, &new_spec.containers, true, &mut changes, &mut reasons);
+    compare_containers(
+        "initContainers",
+        old_spec.init_containers.as_deref().unwrap_or_default(),
+        new_spec.init_containers.as_deref().unwrap_or_default(),
+        false,
+        &mut changes,
+        &mut reasons,
+    );
+    let rest = |spec: &k8s_openapi::api::core::v1::PodSpec| {
+        let mut v = serde_json::to_value(spec).expect("PodSpec serializes");
+        if let Value::Object(map) = &mut v {
+            map.remove("containers");
+            map.remove("initContainers");
+        }
+        v
+    };
+    for field in differing_fields(&rest(&old_spec), &rest(&new_spec)) {
+        reasons.push(format!("spec.{field} changed"));
+    }
+
+    if !reasons.is_empty() {
+        UpdatePlan::Recreate(reasons)
+    } else if changes.is_empty() {
+        UpdatePlan::Unchanged
+    } else {
+        UpdatePlan::InPlace(changes)
+    }
+}
+
+/// Containers must keep their names and order; only images may change, and
+/// for init containers only those of native sidecars (restartPolicy Always),
+/// the only init containers the kubelet restarts.
+fn compare_containers(
+    list: &str,
+    old: &[Container],
+    new: &[Container],
+    all_restartable: bool,
+    changes: &mut InPlaceChanges,
+    reasons: &mut Vec<String>,
+) {
+    let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    if names(old) != names(new) {
+        reasons.push(format!("spec.{list} added, removed or reordered ({:?} → {:?})", names(old), names(new)));
+        return;
+    }
+    for (o, n) in old.iter().zip(new) {
+        let restartable = all_restartable || n.restart_policy.as_deref() == Some("Always");
+        if o.image != n.image {
+            match (&n.image, restartable) {
+                (Some(image), true) => {
+                    changes.images.insert(n.name.clone(), image.clone());
+                }
+                _ => reasons.push(format!("spec.{list}[{}].image changed on a container that runs once", n.name)),
+            }
+        }
+        let without_image = |c: &Container| {
+            let mut v = serde_json::to_value(Container { image: None, ..c.clone() }).expect("Container serializes");
+            if let Value::Object(map) = &mut v {
+                map.remove("name");
+            }
+            v
+        };
+        for field in differing_fields(&without_image(o), &without_image(n)) {
+            reasons.push(format!("spec.{list}[{}].{field} changed", n.name));
+        }
+    }
+}
+
+fn map_changes(old: Option<&BTreeMap<String, String>>, new: Option<&BTreeMap<String, String>>) -> BTreeMap<String, Option<String>> {
+    let (empty_old, empty_new) = (BTreeMap::new(), BTreeMap::new());
+    let (old, new) = (old.unwrap_or(&empty_old), new.unwrap_or(&empty_new));
+    let mut out: BTreeMap<_, _> =
+        new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    out.extend(old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), None)));
+    out
+}
+
+/// Top-level keys whose values differ between two JSON objects, sorted.
+fn differing_fields(old: &Value, new: &Value) -> Vec<String> {
+    let (empty_old, empty_new) = (serde_json::Map::new(), serde_json::Map::new());
+    let old = old.as_object().unwrap_or(&empty_old);
+    let new = new.as_object().unwrap_or(&empty_new);
+    let mut keys: Vec<_> = old.keys().chain(new.keys()).filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(v: Value) -> PodTemplateSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({
+            "metadata": {"labels": {"app": "web", "tier": "front"}, "annotations": {"note": "a"}},
+            "spec": {
+                "containers": [
+                    {"name": "app", "image": "web:1", "resources": {"limits": {"cpu": "1"}}},
+                    {"name": "log", "image": "log:1"}
+                ],
+                "initContainers": [
+                    {"name": "init", "image": "init:1"},
+                    {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
+                ],
+                "nodeSelector": {"disk": "ssd"}
+            }
+        })
+    }
+
+    fn plan(change: impl FnOnce(&mut Value)) -> UpdatePlan {
+        let mut new = base();
+        change(&mut new);
+        plan_update(&template(base()), &template(new))
+    }
+
+    #[test]
+    fn the_same_template_is_unchanged() {
+        assert_eq!(plan(|_| {}), UpdatePlan::Unchanged);
+    }
+
+    #[test]
+    fn image_and_metadata_changes_go_in_place() {
+        let got = plan(|t| {
+            t["spec"]["containers"][0]["image"] = json!("web:2");
+            t["spec"]["initContainers"][1]["image"] = json!("proxy:2");
+            t["metadata"]["labels"]["tier"] = json!("edge");
+            t["metadata"]["labels"]["new"] = json!("x");
+            t["metadata"]["annotations"] = json!({});
+        });
+        let UpdatePlan::InPlace(changes) = got else { panic!("{got:?}") };
+        assert_eq!(
+            changes.images,
+            BTreeMap::from([("app".into(), "web:2".into()), ("proxy".into(), "proxy:2".into())])
+        );
+        assert_eq!(
+            changes.labels,
+            BTreeMap::from([("new".into(), Some("x".into())), ("tier".into(), Some("edge".into()))])
+        );
+        assert_eq!(changes.annotations, BTreeMap::from([("note".into(), None)]));
+    }
+
+    #[test]
+    fn every_other_change_recreates_and_names_the_field() {
+        let cases: Vec<(fn(&mut Value), &str)> = vec![
+            (|t| t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("2"), "spec.containers[app].resources changed"),
+            (|t| t["spec"]["containers"][1]["env"] = json!([{"name": "A", "value": "1"}]), "spec.containers[log].env changed"),
+            (|t| t["spec"]["nodeSelector"]["disk"] = json!("hdd"), "spec.nodeSelector changed"),
+            (
+                |t| t["spec"]["initContainers"][0]["image"] = json!("init:2"),
+                "spec.initContainers[init].image changed on a container that runs once",
+            ),
+            (
+                |t| t["spec"]["containers"].as_array_mut().unwrap().reverse(),
+                "spec.containers added, removed or reordered ([\"app\", \"log\"] → [\"log\", \"app\"])",
+            ),
+            (|t| t["metadata"]["finalizers"] = json!(["x"]), "template metadata other than labels and annotations changed"),
+        ];
+        for (change, reason) in cases {
+            assert_eq!(plan(change), UpdatePlan::Recreate(vec![reason.to_string()]), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_mixed_change_recreates_with_every_reason() {
+        let got = plan(|t| {
+            t["spec"]["containers"][0]["image"] = json!("web:2");
+            t["spec"]["containers"][0]["command"] = json!(["run"]);
+            t["spec"]["hostNetwork"] = json!(true);
+        });
+        assert_eq!(
+            got,
+            UpdatePlan::Recreate(vec!["spec.containers[app].command changed".into(), "spec.hostNetwork changed".into()])
+        );
+    }
+}

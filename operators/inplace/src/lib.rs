@@ -1,0 +1,17 @@
+//! The one in-place update library of berth (as OpenKruise's
+//! `pkg/util/inplaceupdate`): InplaceSet and SidecarSet both use it.
+//!
+//! - [`diff`]: what a template change means for a running pod: nothing, an
+//!   in-place update (images, labels, annotations), or a recreate, and why.
+//! - [`patch`]: the pod patches that carry an in-place update out.
+//! - [`progress`]: whether a pod's in-place update has completed.
+//! - [`revision`]: the stable hash naming a template revision.
+//!
+//! Everything here is pure: objects in, decisions and patches out.
+
+pub mod diff;
+pub mod patch;
+pub mod progress;
+pub mod revision;
+
+pub use diff::{InPlaceChanges, UpdatePlan, plan_update};
