@@ -6,8 +6,7 @@ use std::{collections::BTreeMap, fmt::Debug, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::{
-    api::core::v1::Namespace,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
@@ -33,16 +32,13 @@ pub fn kubeconfig_path() -> Result<PathBuf> {
     {
         return Ok(path.into());
     }
-    bail!(
-        "no cluster: run `make e2e` (starts the local cluster), or set E2E_KUBECONFIG to a kubeconfig"
-    )
+    bail!("no cluster: run `make e2e` (starts the local cluster), or set E2E_KUBECONFIG to a kubeconfig")
 }
 
 /// Client configuration for the cluster under test.
 pub async fn config() -> Result<Config> {
     let path = kubeconfig_path()?;
-    let kubeconfig =
-        Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
@@ -55,10 +51,7 @@ pub async fn client() -> Result<Client> {
 /// set E2E_IMAGE_A and E2E_IMAGE_B to two tags the nodes can pull.
 pub fn images() -> (String, String) {
     let get = |var, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_string());
-    (
-        get("E2E_IMAGE_A", "berth-e2e/app:v1"),
-        get("E2E_IMAGE_B", "berth-e2e/app:v2"),
-    )
+    (get("E2E_IMAGE_A", "berth-e2e/app:v1"), get("E2E_IMAGE_B", "berth-e2e/app:v2"))
 }
 
 /// A namespace owned by one test. Call [`TestNamespace::delete`] at the end;
@@ -74,19 +67,13 @@ impl TestNamespace {
         let ns = Namespace {
             metadata: ObjectMeta {
                 generate_name: Some(format!("e2e-{prefix}-")),
-                labels: Some(BTreeMap::from([(
-                    E2E_LABEL.to_string(),
-                    "true".to_string(),
-                )])),
+                labels: Some(BTreeMap::from([(E2E_LABEL.to_string(), "true".to_string())])),
                 ..Default::default()
             },
             ..Default::default()
         };
         let created = api.create(&PostParams::default(), &ns).await?;
-        Ok(Self {
-            name: created.name_any(),
-            client: client.clone(),
-        })
+        Ok(Self { name: created.name_any(), client: client.clone() })
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -98,9 +85,7 @@ impl TestNamespace {
     }
 
     pub async fn delete(self) -> Result<()> {
-        Api::<Namespace>::all(self.client)
-            .delete(&self.name, &DeleteParams::background())
-            .await?;
+        Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await?;
         Ok(())
     }
 }
@@ -121,9 +106,7 @@ where
     match tokio::time::timeout(timeout, await_condition(api.clone(), name, condition)).await {
         Ok(Ok(Some(obj))) => Ok(obj),
         Ok(Ok(None)) => bail!("{name}: deleted while waiting until {what}"),
-        Ok(Err(e)) => Err(anyhow!(
-            "{name}: watch failed while waiting until {what}: {e}"
-        )),
+        Ok(Err(e)) => Err(anyhow!("{name}: watch failed while waiting until {what}: {e}")),
         Err(_) => {
             let last = api.get_opt(name).await.ok().flatten();
             bail!("{name}: not {what} after {timeout:?}; last seen: {last:#?}")
@@ -133,10 +116,7 @@ where
 
 /// Repository root (for crds/ and examples/).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
 }
 
 /// Applies the committed crds/*.yaml (what a user installs) with server-side
@@ -144,33 +124,18 @@ pub fn repo_root() -> PathBuf {
 pub async fn install_crds(client: &Client) -> Result<Vec<CustomResourceDefinition>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut installed = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(repo_root().join("crds"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let mut paths: Vec<_> =
+        std::fs::read_dir(repo_root().join("crds"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     paths.sort();
-    for path in paths
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-    {
+    for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
         let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
         let name = crd.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying {}", path.display()))?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying {}", path.display()))?;
         installed.push(
-            wait_for(
-                &api,
-                &name,
-                Duration::from_secs(30),
-                "Established",
-                conditions::is_crd_established(),
-            )
-            .await?,
+            wait_for(&api, &name, Duration::from_secs(30), "Established", conditions::is_crd_established()).await?,
         );
     }
     Ok(installed)
@@ -180,11 +145,7 @@ pub async fn install_crds(client: &Client) -> Result<Vec<CustomResourceDefinitio
 pub fn refusal<T: Debug>(result: kube::Result<T>) -> Result<(u16, String)> {
     match result {
         Err(kube::Error::Api(status)) => Ok((status.code, status.message)),
-        Err(e) => Err(anyhow!(
-            "expected the apiserver to refuse, got another error: {e}"
-        )),
-        Ok(obj) => Err(anyhow!(
-            "expected the apiserver to refuse, but it accepted: {obj:?}"
-        )),
+        Err(e) => Err(anyhow!("expected the apiserver to refuse, got another error: {e}")),
+        Ok(obj) => Err(anyhow!("expected the apiserver to refuse, but it accepted: {obj:?}")),
     }
 }

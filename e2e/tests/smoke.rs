@@ -45,36 +45,19 @@ async fn crds_install_with_scale_status_and_printer_columns() -> Result<()> {
     let client = client().await?;
     let crds = install_crds(&client).await?;
     let names: Vec<_> = crds.iter().map(|c| c.name_any()).collect();
-    assert_eq!(
-        names,
-        ["inplacesets.apps.berth.dev", "sidecarsets.apps.berth.dev"]
-    );
+    assert_eq!(names, ["inplacesets.apps.berth.dev", "sidecarsets.apps.berth.dev"]);
 
     let ips = &crds[0];
-    assert_eq!(
-        ips.spec.names.short_names.as_deref(),
-        Some(&["ips".to_string()][..])
-    );
+    assert_eq!(ips.spec.names.short_names.as_deref(), Some(&["ips".to_string()][..]));
     let version = &ips.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     let sub = version.subresources.as_ref().expect("subresources");
     assert!(sub.status.is_some(), "status subresource");
     let scale = sub.scale.as_ref().expect("scale subresource");
     assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-    assert_eq!(
-        scale.label_selector_path.as_deref(),
-        Some(".status.labelSelector")
-    );
-    let columns: Vec<_> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
-    assert!(
-        columns.starts_with(&["Desired", "Current", "Updated", "Ready"]),
-        "{columns:?}"
-    );
+    assert_eq!(scale.label_selector_path.as_deref(), Some(".status.labelSelector"));
+    let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+    assert!(columns.starts_with(&["Desired", "Current", "Updated", "Ready"]), "{columns:?}");
     Ok(())
 }
 
@@ -91,19 +74,11 @@ async fn inplaceset_round_trips_with_defaults_and_scales() -> Result<()> {
     assert_eq!(got.spec.replicas, 2);
     assert_eq!(got.spec.template, sent.spec.template);
     // Server-side defaults from the schema.
-    assert_eq!(
-        got.spec.update_strategy.type_,
-        UpdateStrategyType::InPlaceIfPossible
-    );
+    assert_eq!(got.spec.update_strategy.type_, UpdateStrategyType::InPlaceIfPossible);
     assert!(!got.spec.update_strategy.paused);
 
     // The scale subresource (what `kubectl scale` and an HPA use) drives spec.replicas.
-    api.patch_scale(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": 5}})),
-    )
-    .await?;
+    api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await?;
     assert_eq!(api.get("web").await?.spec.replicas, 5);
 
     // Status is a subresource: a main-resource write cannot set it.
@@ -115,10 +90,7 @@ async fn inplaceset_round_trips_with_defaults_and_scales() -> Result<()> {
     .await?;
     let scale = api.get_scale("web").await?;
     assert_eq!(scale.status.as_ref().map(|s| s.replicas), Some(3));
-    assert_eq!(
-        scale.status.and_then(|s| s.selector).as_deref(),
-        Some("app=web")
-    );
+    assert_eq!(scale.status.and_then(|s| s.selector).as_deref(), Some("app=web"));
     ns.delete().await
 }
 
@@ -131,27 +103,16 @@ async fn invalid_inplacesets_are_refused_with_messages_naming_the_field() -> Res
 
     type Case = (&'static str, fn(&mut Value), &'static [&'static str]);
     let cases: [Case; 4] = [
-        (
-            "negative replicas",
-            |o| o["spec"]["replicas"] = json!(-1),
-            &["spec.replicas", "greater than or equal to 0"],
-        ),
+        ("negative replicas", |o| o["spec"]["replicas"] = json!(-1), &["spec.replicas", "greater than or equal to 0"]),
         (
             "unknown strategy",
             |o| o["spec"]["updateStrategy"] = json!({"type": "Rolling"}),
-            &[
-                "spec.updateStrategy.type",
-                "Unsupported value: \"Rolling\"",
-                "\"InPlaceIfPossible\"",
-            ],
+            &["spec.updateStrategy.type", "Unsupported value: \"Rolling\"", "\"InPlaceIfPossible\""],
         ),
         (
             "partition above 100%",
             |o| o["spec"]["updateStrategy"] = json!({"partition": "150%"}),
-            &[
-                "spec.updateStrategy.partition",
-                "percentage from 0% to 100%",
-            ],
+            &["spec.updateStrategy.partition", "percentage from 0% to 100%"],
         ),
         (
             "negative maxUnavailable",
@@ -177,10 +138,7 @@ async fn invalid_inplacesets_are_refused_with_messages_naming_the_field() -> Res
         "selector": {"matchLabels": {"app": "fixed", "tier": "x"}},
         "template": {"metadata": {"labels": {"app": "fixed", "tier": "x"}}}
     }});
-    let (code, message) = refusal(
-        api.patch("fixed", &PatchParams::default(), &Patch::Merge(change))
-            .await,
-    )?;
+    let (code, message) = refusal(api.patch("fixed", &PatchParams::default(), &Patch::Merge(change)).await)?;
     assert_eq!(code, 422);
     assert!(message.contains("spec.selector is immutable"), "{message}");
     ns.delete().await
@@ -200,63 +158,28 @@ async fn a_pod_runs_on_a_simulated_node_and_its_image_updates_in_place() -> Resu
         ]}
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    let running = wait_for(
-        &pods,
-        "web",
-        Duration::from_secs(60),
-        "Running and Ready",
-        conditions::is_pod_running(),
-    )
-    .await?;
-    let running = wait_for(&pods, "web", Duration::from_secs(60), "Ready", is_ready)
-        .await
-        .unwrap_or(running);
-    assert!(
-        is_ready_pod(&running),
-        "pod not Ready: {:?}",
-        running.status
-    );
+    let running =
+        wait_for(&pods, "web", Duration::from_secs(60), "Running and Ready", conditions::is_pod_running()).await?;
+    let running = wait_for(&pods, "web", Duration::from_secs(60), "Ready", is_ready).await.unwrap_or(running);
+    assert!(is_ready_pod(&running), "pod not Ready: {:?}", running.status);
     let uid = running.uid();
-    let node = running
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .expect("scheduled");
+    let node = running.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled");
     assert_eq!(container_status(&running, "app").image_id, image_a);
 
     // Change one container's image through a plain pod update.
     let patch = json!({"spec": {"containers": [{"name": "app", "image": image_b}]}});
-    pods.patch("web", &PatchParams::default(), &Patch::Strategic(patch))
-        .await?;
-    let updated = wait_for(
-        &pods,
-        "web",
-        Duration::from_secs(90),
-        "running the new image",
-        |p: Option<&Pod>| {
-            p.is_some_and(|p| {
-                let s = container_status(p, "app");
-                s.image_id == images().1 && s.ready && is_ready_pod(p)
-            })
-        },
-    )
+    pods.patch("web", &PatchParams::default(), &Patch::Strategic(patch)).await?;
+    let updated = wait_for(&pods, "web", Duration::from_secs(90), "running the new image", |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            let s = container_status(p, "app");
+            s.image_id == images().1 && s.ready && is_ready_pod(p)
+        })
+    })
     .await?;
     assert_eq!(updated.uid(), uid, "same pod object");
-    assert_eq!(
-        updated.spec.as_ref().and_then(|s| s.node_name.clone()),
-        Some(node),
-        "same node"
-    );
-    assert_eq!(
-        container_status(&updated, "app").restart_count,
-        1,
-        "changed container restarted once"
-    );
-    assert_eq!(
-        container_status(&updated, "side").restart_count,
-        0,
-        "unchanged container untouched"
-    );
+    assert_eq!(updated.spec.as_ref().and_then(|s| s.node_name.clone()), Some(node), "same node");
+    assert_eq!(container_status(&updated, "app").restart_count, 1, "changed container restarted once");
+    assert_eq!(container_status(&updated, "side").restart_count, 0, "unchanged container untouched");
     assert_eq!(container_status(&updated, "side").image_id, image_a);
     ns.delete().await
 }
@@ -269,44 +192,27 @@ async fn service_account_tokens_act_under_rbac() -> Result<()> {
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "reader"}}))?;
     sas.create(&PostParams::default(), &sa).await?;
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
         ..Default::default()
     };
-    let token = sas
-        .create_token_request("reader", &PostParams::default(), &request)
-        .await?;
-    let token = token
-        .status
-        .and_then(|s| s.token)
-        .expect("a token in the TokenRequest status");
+    let token = sas.create_token_request("reader", &PostParams::default(), &request).await?;
+    let token = token.status.and_then(|s| s.token).expect("a token in the TokenRequest status");
 
     let mut config = berth_e2e::config().await?;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
+    config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
     let as_sa = Client::try_from(config)?;
     let sa_pods: Api<Pod> = Api::namespaced(as_sa.clone(), &ns.name);
 
     let (code, message) = refusal(sa_pods.list(&ListParams::default()).await)?;
     assert_eq!(code, 403, "{message}");
-    assert!(
-        message.contains(&format!("system:serviceaccount:{}:reader", ns.name)),
-        "{message}"
-    );
+    assert!(message.contains(&format!("system:serviceaccount:{}:reader", ns.name)), "{message}");
 
     let roles: Api<Role> = ns.api();
     roles
         .create(
             &PostParams::default(),
             &Role {
-                metadata: ObjectMeta {
-                    name: Some("pod-reader".into()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some("pod-reader".into()), ..Default::default() },
                 rules: Some(vec![PolicyRule {
                     api_groups: Some(vec![String::new()]),
                     resources: Some(vec!["pods".into()]),
@@ -322,10 +228,7 @@ async fn service_account_tokens_act_under_rbac() -> Result<()> {
             "pod-reader",
             &PatchParams::apply(FIELD_MANAGER),
             &Patch::Apply(RoleBinding {
-                metadata: ObjectMeta {
-                    name: Some("pod-reader".into()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some("pod-reader".into()), ..Default::default() },
                 role_ref: RoleRef {
                     api_group: Some("rbac.authorization.k8s.io".into()),
                     kind: "Role".into(),
@@ -389,35 +292,18 @@ async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()>
     let before = wait_for(&pods, "sized", Duration::from_secs(60), "Ready", is_ready).await?;
 
     let resize = |r: Value| json!({"spec": {"containers": [{"name": "app", "resources": r}]}});
-    pods.patch_resize(
-        "sized",
-        &PatchParams::default(),
-        &Patch::Strategic(resize(resources("300m", "400m", "256Mi"))),
-    )
-    .await?;
+    pods.patch_resize("sized", &PatchParams::default(), &Patch::Strategic(resize(resources("300m", "400m", "256Mi"))))
+        .await?;
     let want = resources("300m", "400m", "256Mi");
-    let after = wait_for(
-        &pods,
-        "sized",
-        Duration::from_secs(60),
-        "reporting the new resources",
-        |p: Option<&Pod>| {
-            p.is_some_and(|p| {
-                let reported =
-                    serde_json::to_value(&container_status(p, "app").resources).unwrap_or_default();
-                reported == want
-                    && !has_condition(p, "PodResizeInProgress")
-                    && !has_condition(p, "PodResizePending")
-            })
-        },
-    )
+    let after = wait_for(&pods, "sized", Duration::from_secs(60), "reporting the new resources", |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            let reported = serde_json::to_value(&container_status(p, "app").resources).unwrap_or_default();
+            reported == want && !has_condition(p, "PodResizeInProgress") && !has_condition(p, "PodResizePending")
+        })
+    })
     .await?;
     assert_eq!(after.uid(), before.uid());
-    assert_eq!(
-        container_status(&after, "app").restart_count,
-        0,
-        "a resize does not restart the container"
-    );
+    assert_eq!(container_status(&after, "app").restart_count, 0, "a resize does not restart the container");
 
     // More CPU than the node has: the apiserver refuses the resize (1.37 checks
     // node allocatable at admission), and the pod keeps running as it was.
@@ -430,15 +316,9 @@ async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()>
         .await,
     )?;
     assert_eq!(code, 403, "{message}");
-    assert!(
-        message.contains("node didn't have enough allocatable resources: cpu"),
-        "{message}"
-    );
+    assert!(message.contains("node didn't have enough allocatable resources: cpu"), "{message}");
     let still = pods.get("sized").await?;
-    assert_eq!(
-        serde_json::to_value(&container_status(&still, "app").resources)?,
-        want
-    );
+    assert_eq!(serde_json::to_value(&container_status(&still, "app").resources)?, want);
     ns.delete().await
 }
 

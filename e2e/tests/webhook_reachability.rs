@@ -49,17 +49,11 @@ fn certificates() -> Result<(String, CertificateDer<'static>, PrivateKeyDer<'sta
 async fn review(body: Bytes) -> Result<serde_json::Value> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&body)?;
     let request: AdmissionRequest<DynamicObject> = review.try_into()?;
-    let denied = request
-        .object
-        .as_ref()
-        .and_then(|o| o.metadata.labels.as_ref())
-        .is_some_and(|l| l.contains_key(DENY_LABEL));
+    let denied =
+        request.object.as_ref().and_then(|o| o.metadata.labels.as_ref()).is_some_and(|l| l.contains_key(DENY_LABEL));
     let mut response = AdmissionResponse::from(&request);
     if denied {
-        response = response.deny(format!(
-            "denied by the e2e webhook (request {})",
-            request.uid
-        ));
+        response = response.deny(format!("denied by the e2e webhook (request {})", request.uid));
         // Without a code the apiserver answers 400; a policy refusal is 403.
         response.result.code = 403;
     }
@@ -67,16 +61,11 @@ async fn review(body: Bytes) -> Result<serde_json::Value> {
 }
 
 /// Serves `/validate` on 127.0.0.1 over TLS; returns the port and a request counter.
-async fn serve(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-) -> Result<(u16, Arc<AtomicUsize>)> {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![cert], key)?;
+async fn serve(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<(u16, Arc<AtomicUsize>)> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -92,28 +81,20 @@ async fn serve(
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let counter = counter.clone();
                     async move {
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         let reply = match review(body).await {
                             Ok(v) => {
                                 counter.fetch_add(1, Ordering::SeqCst);
                                 Response::new(Full::new(Bytes::from(v.to_string())))
                             }
-                            Err(e) => Response::builder()
-                                .status(400)
-                                .body(Full::new(Bytes::from(e.to_string())))
-                                .unwrap(),
+                            Err(e) => {
+                                Response::builder().status(400).body(Full::new(Bytes::from(e.to_string()))).unwrap()
+                            }
                         };
                         Ok::<_, Infallible>(reply)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
             });
         }
     });
@@ -157,13 +138,7 @@ async fn the_apiserver_calls_a_webhook_on_this_host_over_tls() -> Result<()> {
     // The apiserver picks the configuration up through an informer: retry briefly.
     let mut outcome = None;
     for attempt in 0..50 {
-        match configmaps
-            .create(
-                &PostParams::default(),
-                &configmap(&format!("denied-{attempt}"), true),
-            )
-            .await
-        {
+        match configmaps.create(&PostParams::default(), &configmap(&format!("denied-{attempt}"), true)).await {
             Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => {
                 outcome = Some(refusal::<()>(Err(e))?);
@@ -173,23 +148,11 @@ async fn the_apiserver_calls_a_webhook_on_this_host_over_tls() -> Result<()> {
     }
     let (code, message) = outcome.expect("the webhook never denied a labelled ConfigMap");
     assert_eq!(code, 403, "{message}");
-    assert!(
-        message.contains("admission webhook \"deny.e2e.berth.dev\" denied the request"),
-        "{message}"
-    );
-    assert!(
-        message.contains("denied by the e2e webhook (request "),
-        "{message}"
-    );
+    assert!(message.contains("admission webhook \"deny.e2e.berth.dev\" denied the request"), "{message}");
+    assert!(message.contains("denied by the e2e webhook (request "), "{message}");
 
-    configmaps
-        .create(&PostParams::default(), &configmap("allowed", false))
-        .await?;
-    assert!(
-        served.load(Ordering::SeqCst) >= 2,
-        "webhook served {} reviews",
-        served.load(Ordering::SeqCst)
-    );
+    configmaps.create(&PostParams::default(), &configmap("allowed", false)).await?;
+    assert!(served.load(Ordering::SeqCst) >= 2, "webhook served {} reviews", served.load(Ordering::SeqCst));
 
     webhooks.delete(&name, &DeleteParams::default()).await?;
     ns.delete().await

@@ -29,9 +29,8 @@ pub struct ContainerBefore {
 
 impl InPlaceUpdateState {
     pub fn parse(value: &str) -> Result<Self, String> {
-        serde_json::from_str(value).map_err(|e| {
-            format!("invalid {} annotation: {e}", crate::keys::INPLACE_UPDATE_STATE)
-        })
+        serde_json::from_str(value)
+            .map_err(|e| format!("invalid {} annotation: {e}", crate::keys::INPLACE_UPDATE_STATE))
     }
 
     pub fn to_annotation(&self) -> String {

@@ -13,8 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// CEL rule for a count-or-percent field: a non-negative integer or "N%" with 0 ≤ N ≤ 100.
-const COUNT_OR_PERCENT: &str =
-    "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')";
+const COUNT_OR_PERCENT: &str = "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')";
 const COUNT_OR_PERCENT_MESSAGE: &str =
     "must be a non-negative integer or a percentage from 0% to 100%, such as 3 or 25%";
 
@@ -42,12 +41,7 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
         json_path = ".spec.replicas",
         description = "Desired number of pods"
     ),
-    printcolumn(
-        name = "Current",
-        type_ = "integer",
-        json_path = ".status.replicas",
-        description = "Pods that exist"
-    ),
+    printcolumn(name = "Current", type_ = "integer", json_path = ".status.replicas", description = "Pods that exist"),
     printcolumn(
         name = "Updated",
         type_ = "integer",
@@ -80,11 +74,7 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
         priority = 1,
         description = "Revision the set is rolling to"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InplaceSetSpec {
@@ -128,9 +118,7 @@ fn default_replicas() -> i32 {
 }
 
 /// Order in which pods are created and deleted.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PodManagementPolicy {
     /// One pod at a time, in ordinal order, each Ready before the next.
     #[default]
@@ -167,9 +155,7 @@ pub struct UpdateStrategy {
 }
 
 /// How a pod moves to a new revision.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UpdateStrategyType {
     /// Delete the pod and create it again from the new revision.
     Recreate,

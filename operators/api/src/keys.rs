@@ -54,15 +54,8 @@ mod tests {
             assert!(key.starts_with(PREFIX), "{key} lacks prefix {PREFIX}");
             let name = &key[PREFIX.len()..];
             // A qualified name part: at most 63 chars of [A-Za-z0-9-_.].
-            assert!(
-                !name.is_empty() && name.len() <= 63,
-                "{key}: name part length"
-            );
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-                "{key}: illegal character"
-            );
+            assert!(!name.is_empty() && name.len() <= 63, "{key}: name part length");
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{key}: illegal character");
         }
     }
 }

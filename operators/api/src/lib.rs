@@ -29,10 +29,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![
         compact(InplaceSet::crd(), &["spec.template"]),
-        compact(
-            SidecarSet::crd(),
-            &["spec.containers", "spec.initContainers", "spec.volumes"],
-        ),
+        compact(SidecarSet::crd(), &["spec.containers", "spec.initContainers", "spec.volumes"]),
     ]
 }
 
@@ -43,11 +40,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// lines, which `kubectl explain` would otherwise print as hard breaks.
 fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
-    for version in value["spec"]["versions"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-    {
+    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
         unwrap_descriptions(&mut version["schema"]["openAPIV3Schema"]);
         for path in paths {
             let mut node = &mut version["schema"]["openAPIV3Schema"];
@@ -55,11 +48,7 @@ fn compact(crd: CustomResourceDefinition, paths: &[&str]) -> CustomResourceDefin
                 node = &mut node["properties"][field];
             }
             assert!(node.is_object(), "compact: {path} is not in the schema");
-            for child in node
-                .as_object_mut()
-                .into_iter()
-                .flat_map(|o| o.values_mut())
-            {
+            for child in node.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
                 strip_descriptions(child);
             }
         }
@@ -84,10 +73,7 @@ fn unwrap_descriptions(value: &mut Value) {
 
 /// Joins the lines of each paragraph; paragraphs stay apart.
 fn unwrap_lines(text: &str) -> String {
-    text.split("\n\n")
-        .map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n\n")
+    text.split("\n\n").map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n\n")
 }
 
 fn strip_descriptions(value: &mut Value) {
@@ -119,7 +105,9 @@ mod tests {
             "a count, or a percent of replicas.\n\nDefaults to 0."
         );
         let crd = serde_json::to_string(&super::crds()[0]).unwrap();
-        assert!(crd.contains("Pods with an ordinal below the partition keep the old revision: a count, or a percent of replicas"));
+        assert!(crd.contains(
+            "Pods with an ordinal below the partition keep the old revision: a count, or a percent of replicas"
+        ));
     }
 
     #[test]
@@ -127,12 +115,7 @@ mod tests {
         let crd = serde_json::to_value(&super::crds()[0]).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let template = &spec["properties"]["template"];
-        assert!(
-            template["description"]
-                .as_str()
-                .unwrap()
-                .starts_with("Pod template")
-        );
+        assert!(template["description"].as_str().unwrap().starts_with("Pod template"));
         let containers = &template["properties"]["spec"]["properties"]["containers"];
         assert_eq!(containers["type"], "array");
         assert!(containers.get("description").is_none());

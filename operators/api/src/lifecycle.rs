@@ -41,18 +41,9 @@ pub enum LifecycleEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LifecycleError {
     #[error("lifecycle event {event:?} is not allowed in state {from}")]
-    IllegalEvent {
-        from: LifecycleState,
-        event: LifecycleEvent,
-    },
-    #[error(
-        "lifecycle state cannot change from {from} to {to}; from {from} it may become: {allowed}"
-    )]
-    IllegalChange {
-        from: String,
-        to: String,
-        allowed: String,
-    },
+    IllegalEvent { from: LifecycleState, event: LifecycleEvent },
+    #[error("lifecycle state cannot change from {from} to {to}; from {from} it may become: {allowed}")]
+    IllegalChange { from: String, to: String, allowed: String },
     #[error("unknown lifecycle state {0:?}; allowed: {allowed}", allowed = LifecycleState::ALL.map(|s| s.as_str()).join(", "))]
     Unknown(String),
 }
@@ -80,11 +71,7 @@ impl LifecycleState {
 
     /// The state a newly created pod starts in.
     pub const fn initial(has_pre_normal_hook: bool) -> Self {
-        if has_pre_normal_hook {
-            Self::PreparingNormal
-        } else {
-            Self::Normal
-        }
+        if has_pre_normal_hook { Self::PreparingNormal } else { Self::Normal }
     }
 
     /// The one transition function: the state after `event`, or why not.
@@ -110,10 +97,7 @@ impl LifecycleState {
 
     /// States reachable from `self` by one event.
     pub fn successors(self) -> Vec<LifecycleState> {
-        let mut next: Vec<_> = LifecycleEvent::ALL
-            .iter()
-            .filter_map(|e| self.on(*e).ok())
-            .collect();
+        let mut next: Vec<_> = LifecycleEvent::ALL.iter().filter_map(|e| self.on(*e).ok()).collect();
         next.sort();
         next.dedup();
         next
@@ -133,11 +117,7 @@ impl LifecycleState {
             _ => Err(LifecycleError::IllegalChange {
                 from: from.map_or("(none)", Self::as_str).to_string(),
                 to: to.map_or("(none)", Self::as_str).to_string(),
-                allowed: allowed
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                allowed: allowed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
             }),
         }
     }
@@ -165,10 +145,7 @@ impl fmt::Display for LifecycleState {
 impl FromStr for LifecycleState {
     type Err = LifecycleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| LifecycleError::Unknown(s.to_string()))
+        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| LifecycleError::Unknown(s.to_string()))
     }
 }
 
@@ -239,10 +216,7 @@ mod tests {
                 let ok = S::check_change(Some(from), Some(to)).is_ok();
                 assert_eq!(ok, from == to || by_event, "{from} -> {to}");
             }
-            assert!(
-                S::check_change(Some(from), None).is_err(),
-                "{from} -> (none)"
-            );
+            assert!(S::check_change(Some(from), None).is_err(), "{from} -> (none)");
         }
         assert!(S::check_change(None, Some(S::Normal)).is_ok());
         assert!(S::check_change(None, Some(S::PreparingNormal)).is_ok());
@@ -252,9 +226,7 @@ mod tests {
 
     #[test]
     fn illegal_change_message_says_what_is_allowed() {
-        let err = S::check_change(Some(S::Normal), Some(S::Updated))
-            .unwrap_err()
-            .to_string();
+        let err = S::check_change(Some(S::Normal), Some(S::Updated)).unwrap_err().to_string();
         assert_eq!(
             err,
             "lifecycle state cannot change from Normal to Updated; from Normal it may become: PreparingUpdate, PreparingDelete"
@@ -267,9 +239,6 @@ mod tests {
             assert_eq!(s.as_str().parse::<S>().unwrap(), s);
         }
         let err = "normal".parse::<S>().unwrap_err().to_string();
-        assert!(
-            err.contains("\"normal\"") && err.contains("PreparingNormal, Normal"),
-            "{err}"
-        );
+        assert!(err.contains("\"normal\"") && err.contains("PreparingNormal, Normal"), "{err}");
     }
 }

@@ -57,11 +57,7 @@ pub enum Actor {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResizeError {
     #[error("resize event {event:?} is not allowed in state {}; {hint}", state_name(*.from))]
-    IllegalEvent {
-        from: Option<ResizeState>,
-        event: ResizeEvent,
-        hint: &'static str,
-    },
+    IllegalEvent { from: Option<ResizeState>, event: ResizeEvent, hint: &'static str },
     #[error("unknown resize state {0:?}; allowed: Created, Accepted, Rejected, Applied, Failed")]
     UnknownState(String),
     #[error("invalid {key} annotation: {reason}", key = crate::keys::RESIZE)]
@@ -73,13 +69,7 @@ fn state_name(s: Option<ResizeState>) -> &'static str {
 }
 
 impl ResizeState {
-    pub const ALL: [ResizeState; 5] = [
-        Self::Created,
-        Self::Accepted,
-        Self::Rejected,
-        Self::Applied,
-        Self::Failed,
-    ];
+    pub const ALL: [ResizeState; 5] = [Self::Created, Self::Accepted, Self::Rejected, Self::Applied, Self::Failed];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -98,15 +88,8 @@ impl ResizeState {
 }
 
 impl ResizeEvent {
-    pub const ALL: [ResizeEvent; 7] = [
-        Self::Submit,
-        Self::Cancel,
-        Self::Accept,
-        Self::Reject,
-        Self::Apply,
-        Self::Fail,
-        Self::Expire,
-    ];
+    pub const ALL: [ResizeEvent; 7] =
+        [Self::Submit, Self::Cancel, Self::Accept, Self::Reject, Self::Apply, Self::Fail, Self::Expire];
 
     /// The only actor who may cause this event.
     pub const fn actor(self) -> Actor {
@@ -119,27 +102,21 @@ impl ResizeEvent {
 
     /// The events that turn `from` into `to` (several may: Fail and Expire).
     pub fn between(from: Option<ResizeState>, to: Option<ResizeState>) -> Vec<ResizeEvent> {
-        Self::ALL
-            .into_iter()
-            .filter(|e| transition(from, *e) == Ok(to))
-            .collect()
+        Self::ALL.into_iter().filter(|e| transition(from, *e) == Ok(to)).collect()
     }
 }
 
 /// The one transition function.
-pub fn transition(
-    from: Option<ResizeState>,
-    event: ResizeEvent,
-) -> Result<Option<ResizeState>, ResizeError> {
+pub fn transition(from: Option<ResizeState>, event: ResizeEvent) -> Result<Option<ResizeState>, ResizeError> {
     use ResizeEvent as E;
     use ResizeState as S;
     let illegal = |hint| Err(ResizeError::IllegalEvent { from, event, hint });
     match (from, event) {
         (None, E::Submit) => Ok(Some(S::Created)),
         (Some(S::Rejected | S::Applied | S::Failed), E::Submit) => Ok(Some(S::Created)),
-        (Some(S::Created | S::Accepted), E::Submit) => illegal(
-            "a request is in flight: wait for Applied, Rejected or Failed, or cancel it while Created",
-        ),
+        (Some(S::Created | S::Accepted), E::Submit) => {
+            illegal("a request is in flight: wait for Applied, Rejected or Failed, or cancel it while Created")
+        }
         (Some(S::Created), E::Cancel) => Ok(None),
         (_, E::Cancel) => illegal("only a Created request can be cancelled"),
         (Some(S::Created), E::Accept) => Ok(Some(S::Accepted)),
@@ -147,9 +124,7 @@ pub fn transition(
         (_, E::Accept | E::Reject) => illegal("only a Created request can be accepted or rejected"),
         (Some(S::Accepted), E::Apply) => Ok(Some(S::Applied)),
         (Some(S::Accepted), E::Fail | E::Expire) => Ok(Some(S::Failed)),
-        (_, E::Apply | E::Fail | E::Expire) => {
-            illegal("only an Accepted request can be applied or fail")
-        }
+        (_, E::Apply | E::Fail | E::Expire) => illegal("only an Accepted request can be applied or fail"),
     }
 }
 
@@ -162,10 +137,7 @@ impl fmt::Display for ResizeState {
 impl FromStr for ResizeState {
     type Err = ResizeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| ResizeError::UnknownState(s.to_string()))
+        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| ResizeError::UnknownState(s.to_string()))
     }
 }
 
@@ -213,9 +185,7 @@ impl FromStr for ResizeRequest {
             ))
         })?;
         if req.containers.is_empty() && req.cpuset.is_none() {
-            return Err(invalid(
-                "names no container and no cpuset: nothing to change".into(),
-            ));
+            return Err(invalid("names no container and no cpuset: nothing to change".into()));
         }
         for (name, res) in &req.containers {
             for resource in res.requests.keys().chain(res.limits.keys()) {
@@ -261,14 +231,7 @@ mod tests {
                         assert_eq!(got, want, "{from:?} on {event:?}");
                         legal += 1;
                     }
-                    (
-                        Err(ResizeError::IllegalEvent {
-                            from: f,
-                            event: e,
-                            hint,
-                        }),
-                        None,
-                    ) => {
+                    (Err(ResizeError::IllegalEvent { from: f, event: e, hint }), None) => {
                         assert_eq!((f, e), (from, event));
                         assert!(!hint.is_empty());
                     }
@@ -292,31 +255,18 @@ mod tests {
 
     #[test]
     fn between_finds_every_event_for_a_change() {
-        assert_eq!(
-            E::between(Some(S::Accepted), Some(S::Failed)),
-            vec![E::Fail, E::Expire]
-        );
-        assert_eq!(
-            E::between(Some(S::Created), Some(S::Accepted)),
-            vec![E::Accept]
-        );
-        assert_eq!(
-            E::between(Some(S::Applied), Some(S::Created)),
-            vec![E::Submit]
-        );
+        assert_eq!(E::between(Some(S::Accepted), Some(S::Failed)), vec![E::Fail, E::Expire]);
+        assert_eq!(E::between(Some(S::Created), Some(S::Accepted)), vec![E::Accept]);
+        assert_eq!(E::between(Some(S::Applied), Some(S::Created)), vec![E::Submit]);
         assert!(E::between(Some(S::Created), Some(S::Applied)).is_empty());
         assert!(E::between(None, Some(S::Accepted)).is_empty());
     }
 
     #[test]
     fn resubmitting_in_flight_says_what_to_do() {
-        let err = transition(Some(S::Accepted), E::Submit)
-            .unwrap_err()
-            .to_string();
+        let err = transition(Some(S::Accepted), E::Submit).unwrap_err().to_string();
         assert!(
-            err.starts_with(
-                "resize event Submit is not allowed in state Accepted; a request is in flight"
-            ),
+            err.starts_with("resize event Submit is not allowed in state Accepted; a request is in flight"),
             "{err}"
         );
     }
@@ -325,10 +275,7 @@ mod tests {
     fn parses_a_request_and_round_trips() {
         let raw = r#"{"containers":{"app":{"requests":{"cpu":"500m"},"limits":{"cpu":"1","memory":"1Gi"}}},"cpuset":{"exclusiveCpus":2}}"#;
         let req: ResizeRequest = raw.parse().unwrap();
-        assert_eq!(
-            req.containers["app"].requests["cpu"],
-            Quantity("500m".into())
-        );
+        assert_eq!(req.containers["app"].requests["cpu"], Quantity("500m".into()));
         assert_eq!(req.cpuset, Some(CpusetPolicy { exclusive_cpus: 2 }));
         assert_eq!(serde_json::to_string(&req).unwrap(), raw);
     }
@@ -338,31 +285,16 @@ mod tests {
         let cases = [
             ("not json", "expected JSON like"),
             (r#"{"containers":{}}"#, "nothing to change"),
-            (
-                r#"{"containers":{"app":{"requests":{"nvidia.com/gpu":"1"}}}}"#,
-                "allowed: cpu, memory",
-            ),
-            (
-                r#"{"containers":{"app":{"request":{}}}}"#,
-                "unknown field `request`",
-            ),
+            (r#"{"containers":{"app":{"requests":{"nvidia.com/gpu":"1"}}}}"#, "allowed: cpu, memory"),
+            (r#"{"containers":{"app":{"request":{}}}}"#, "unknown field `request`"),
             (r#"{"cpuset":{"exclusiveCpus":-1}}"#, "invalid value"),
         ];
         for (raw, want) in cases {
             let err = raw.parse::<ResizeRequest>().unwrap_err().to_string();
-            assert!(
-                err.starts_with("invalid berth.dev/resize annotation: "),
-                "{err}"
-            );
+            assert!(err.starts_with("invalid berth.dev/resize annotation: "), "{err}");
             assert!(err.contains(want), "{raw}: {err}");
         }
         assert!("Accepted".parse::<S>().is_ok());
-        assert!(
-            "accepted"
-                .parse::<S>()
-                .unwrap_err()
-                .to_string()
-                .contains("allowed: Created")
-        );
+        assert!("accepted".parse::<S>().unwrap_err().to_string().contains("allowed: Created"));
     }
 }

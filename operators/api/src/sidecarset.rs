@@ -40,11 +40,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.readyPods",
         description = "Matched pods that are Ready"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSetSpec {
@@ -91,9 +87,7 @@ pub struct SidecarSetUpdateStrategy {
     pub paused: bool,
 }
 
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SidecarSetUpdateStrategyType {
     /// Only newly created pods get a changed sidecar.
     NotUpdate,

@@ -124,7 +124,10 @@ fn compare_containers(
     }
 }
 
-fn map_changes(old: Option<&BTreeMap<String, String>>, new: Option<&BTreeMap<String, String>>) -> BTreeMap<String, Option<String>> {
+fn map_changes(
+    old: Option<&BTreeMap<String, String>>,
+    new: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, Option<String>> {
     let (empty_old, empty_new) = (BTreeMap::new(), BTreeMap::new());
     let (old, new) = (old.unwrap_or(&empty_old), new.unwrap_or(&empty_new));
     let mut out: BTreeMap<_, _> =
@@ -205,8 +208,14 @@ mod tests {
     #[test]
     fn every_other_change_recreates_and_names_the_field() {
         let cases: Vec<(fn(&mut Value), &str)> = vec![
-            (|t| t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("2"), "spec.containers[app].resources changed"),
-            (|t| t["spec"]["containers"][1]["env"] = json!([{"name": "A", "value": "1"}]), "spec.containers[log].env changed"),
+            (
+                |t| t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("2"),
+                "spec.containers[app].resources changed",
+            ),
+            (
+                |t| t["spec"]["containers"][1]["env"] = json!([{"name": "A", "value": "1"}]),
+                "spec.containers[log].env changed",
+            ),
             (|t| t["spec"]["nodeSelector"]["disk"] = json!("hdd"), "spec.nodeSelector changed"),
             (
                 |t| t["spec"]["initContainers"][0]["image"] = json!("init:2"),
@@ -216,7 +225,10 @@ mod tests {
                 |t| t["spec"]["containers"].as_array_mut().unwrap().reverse(),
                 "spec.containers added, removed or reordered ([\"app\", \"log\"] → [\"log\", \"app\"])",
             ),
-            (|t| t["metadata"]["finalizers"] = json!(["x"]), "template metadata other than labels and annotations changed"),
+            (
+                |t| t["metadata"]["finalizers"] = json!(["x"]),
+                "template metadata other than labels and annotations changed",
+            ),
         ];
         for (change, reason) in cases {
             assert_eq!(plan(change), UpdatePlan::Recreate(vec![reason.to_string()]), "{reason}");
@@ -232,7 +244,10 @@ mod tests {
         });
         assert_eq!(
             got,
-            UpdatePlan::Recreate(vec!["spec.containers[app].command changed".into(), "spec.hostNetwork changed".into()])
+            UpdatePlan::Recreate(vec![
+                "spec.containers[app].command changed".into(),
+                "spec.hostNetwork changed".into()
+            ])
         );
     }
 }

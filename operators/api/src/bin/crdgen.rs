@@ -31,10 +31,7 @@ fn main() -> ExitCode {
         }
     }
     if !stale.is_empty() {
-        eprintln!(
-            "crdgen: stale CRD files (run `make crds`): {}",
-            stale.join(", ")
-        );
+        eprintln!("crdgen: stale CRD files (run `make crds`): {}", stale.join(", "));
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
