@@ -207,7 +207,8 @@ mod tests {
 
     #[test]
     fn every_other_change_recreates_and_names_the_field() {
-        let cases: Vec<(fn(&mut Value), &str)> = vec![
+        type Case = (fn(&mut Value), &'static str);
+        let cases: Vec<Case> = vec![
             (
                 |t| t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("2"),
                 "spec.containers[app].resources changed",
