@@ -1,0 +1,10 @@
+//! The InplaceSet controller. [`plan`] is a pure function from what was
+//! observed (the set, its pods, its revisions) to the actions that move the
+//! pods toward the spec; the executor (with the manager) only carries them out.
+
+pub mod observed;
+pub mod plan;
+pub mod scaled;
+
+pub use observed::{Observed, PodView};
+pub use plan::{Action, Blocked, Plan, plan};

@@ -1,0 +1,71 @@
+//! What the planner sees: the set's spec and a compact view of each pod.
+
+use std::collections::BTreeMap;
+
+use berth_api::{InplaceSetSpec, keys};
+use berth_inplace::progress::{Progress, progress};
+use k8s_openapi::{
+    api::core::v1::{Pod, PodTemplateSpec},
+    jiff::Timestamp,
+};
+
+/// A pod as the planner needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub ordinal: i32,
+    /// Its `controller-revision-hash` label.
+    pub revision: Option<String>,
+    pub ready: bool,
+    pub terminating: bool,
+    pub progress: Progress,
+}
+
+impl PodView {
+    /// Reads a pod of the set named `set`; its ordinal comes from the
+    /// pod-index label, else from the `<set>-<ordinal>` name.
+    pub fn from_pod(set: &str, pod: &Pod) -> Result<Self, String> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let ordinal = labels
+            .get(keys::POD_INDEX)
+            .map(String::as_str)
+            .or_else(|| name.strip_prefix(set).and_then(|rest| rest.strip_prefix('-')))
+            .and_then(|s| s.parse::<i32>().ok())
+            .filter(|o| *o >= 0)
+            .ok_or_else(|| format!("pod {name}: no ordinal in label {} or name {set}-<ordinal>", keys::POD_INDEX))?;
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        Ok(Self {
+            name,
+            ordinal,
+            revision: labels.get(keys::CONTROLLER_REVISION_HASH).cloned(),
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            progress: progress(pod).map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
+        })
+    }
+
+    /// Serving: Ready, not on its way out, not mid-update.
+    pub fn available(&self) -> bool {
+        self.ready && !self.terminating && matches!(self.progress, Progress::Idle)
+    }
+}
+
+/// Everything one planning pass reads.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub name: String,
+    pub spec: InplaceSetSpec,
+    pub pods: Vec<PodView>,
+    /// Revision name of the current template.
+    pub update_revision: String,
+    /// Revision the pods below the partition stay at (from the set's status).
+    pub current_revision: Option<String>,
+    /// Revision name → template, for every revision a pod still runs.
+    pub templates: BTreeMap<String, PodTemplateSpec>,
+    pub now: Timestamp,
+}

@@ -1,0 +1,174 @@
+//! The InplaceSet planner: observed state in, actions out. No I/O.
+
+use std::collections::BTreeMap;
+
+use berth_api::inplaceset::{PodManagementPolicy, UpdateStrategyType};
+use berth_inplace::{InPlaceChanges, UpdatePlan, plan_update, progress::Progress};
+use k8s_openapi::jiff::SignedDuration;
+
+use crate::{Observed, PodView, scaled};
+
+/// How long an in-place update may take before it is reported as stuck.
+pub const IN_PLACE_DEADLINE: SignedDuration = SignedDuration::from_secs(300);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create pod `<set>-<ordinal>` from `revision`.
+    Create { ordinal: i32, revision: String },
+    /// Delete a pod beyond `replicas`.
+    ScaleDown { name: String },
+    /// Delete a pod so it is created again from the update revision.
+    Recreate { name: String, reasons: Vec<String> },
+    /// Readiness gate False, then apply `changes` in place.
+    StartInPlace { name: String, revision: String, changes: InPlaceChanges },
+    /// The update completed: readiness gate True, state annotation removed.
+    FinishInPlace { name: String },
+}
+
+/// Why part of the spec is not being carried out; reported as a condition and an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// Under InPlaceOnly, a pod whose change cannot be made in place.
+    NotInPlace { name: String, reasons: Vec<String> },
+    /// An in-place update past its deadline: containers not back.
+    Overdue { name: String, waiting: BTreeMap<String, String> },
+    /// The spec cannot be planned at all.
+    InvalidSpec(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub blocked: Vec<Blocked>,
+}
+
+pub fn plan(o: &Observed) -> Plan {
+    let mut out = Plan::default();
+    let replicas = o.spec.replicas.max(0);
+    let strategy = &o.spec.update_strategy;
+    let (partition, max_unavailable) = match (
+        scaled::resolve(strategy.partition.as_ref(), replicas, 0),
+        scaled::resolve(strategy.max_unavailable.as_ref(), replicas, 1),
+    ) {
+        (Ok(p), Ok(m)) => (p, m.max(1)),
+        (Err(e), _) => return invalid(format!("spec.updateStrategy.partition: {e}")),
+        (_, Err(e)) => return invalid(format!("spec.updateStrategy.maxUnavailable: {e}")),
+    };
+    let ordered = o.spec.pod_management_policy == PodManagementPolicy::OrderedReady;
+    let mut by_ordinal: BTreeMap<i32, &PodView> = BTreeMap::new();
+    for pod in &o.pods {
+        by_ordinal.entry(pod.ordinal).or_insert(pod);
+    }
+
+    // Finished or stuck in-place updates.
+    for pod in &o.pods {
+        match &pod.progress {
+            Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
+            p @ Progress::InProgress { waiting, .. } if p.is_overdue(o.now, IN_PLACE_DEADLINE) => {
+                out.blocked.push(Blocked::Overdue { name: pod.name.clone(), waiting: waiting.clone() })
+            }
+            _ => {}
+        }
+    }
+
+    // Scale down: highest ordinal first; OrderedReady one at a time.
+    let excess: Vec<_> = by_ordinal.range(replicas..).rev().map(|(_, p)| *p).collect();
+    if ordered && excess.iter().any(|p| p.terminating) {
+        // Wait for the pod on its way out.
+    } else {
+        for pod in excess.iter().filter(|p| !p.terminating).take(if ordered { 1 } else { usize::MAX }) {
+            out.actions.push(Action::ScaleDown { name: pod.name.clone() });
+        }
+    }
+
+    // Scale up: missing ordinals; OrderedReady only the lowest, once every lower pod is Ready.
+    for ordinal in 0..replicas {
+        match by_ordinal.get(&ordinal) {
+            Some(pod) if ordered && (!pod.ready || pod.terminating) => break,
+            Some(_) => continue,
+            None => {
+                let revision = match &o.current_revision {
+                    Some(current) if ordinal < partition => current.clone(),
+                    _ => o.update_revision.clone(),
+                };
+                out.actions.push(Action::Create { ordinal, revision });
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+
+    if !strategy.paused && strategy.type_ != UpdateStrategyType::OnDelete {
+        plan_updates(o, &by_ordinal, replicas, partition, max_unavailable, &mut out);
+    }
+    out
+}
+
+/// Rolls pods in [partition, replicas) to the update revision, highest ordinal
+/// first, never letting more than `max_unavailable` pods be unavailable.
+fn plan_updates(
+    o: &Observed,
+    by_ordinal: &BTreeMap<i32, &PodView>,
+    replicas: i32,
+    partition: i32,
+    max_unavailable: i32,
+    out: &mut Plan,
+) {
+    let in_range = |ordinal: i32| (0..replicas).contains(&ordinal);
+    let present_unavailable = by_ordinal.iter().filter(|(o, p)| in_range(**o) && !p.available()).count() as i32;
+    let missing = (0..replicas).filter(|o| !by_ordinal.contains_key(o)).count() as i32;
+    let mut budget = max_unavailable - present_unavailable - missing;
+    let Some(new_template) = o.templates.get(&o.update_revision) else {
+        out.blocked.push(Blocked::InvalidSpec(format!("template of update revision {} not found", o.update_revision)));
+        return;
+    };
+    let candidates = by_ordinal.range(partition..replicas).rev().map(|(_, p)| *p).filter(|p| {
+        p.revision.as_deref() != Some(o.update_revision.as_str())
+            && !p.terminating
+            && matches!(p.progress, Progress::Idle)
+    });
+    for pod in candidates {
+        // An unavailable pod is already counted; updating it costs nothing more.
+        if pod.available() {
+            if budget <= 0 {
+                continue;
+            }
+            budget -= 1;
+        }
+        let update = match pod.revision.as_ref().and_then(|r| o.templates.get(r)) {
+            Some(old) => plan_update(old, new_template),
+            None => UpdatePlan::Recreate(vec![format!("revision {:?} of the pod is unknown", pod.revision)]),
+        };
+        let name = pod.name.clone();
+        let action = match (update, o.spec.update_strategy.type_) {
+            (UpdatePlan::Recreate(reasons), UpdateStrategyType::InPlaceOnly) => {
+                out.blocked.push(Blocked::NotInPlace { name, reasons });
+                if pod.available() {
+                    budget += 1;
+                }
+                continue;
+            }
+            (UpdatePlan::Recreate(reasons), _) => Action::Recreate { name, reasons },
+            (UpdatePlan::InPlace(_), UpdateStrategyType::Recreate) => {
+                Action::Recreate { name, reasons: vec!["updateStrategy.type is Recreate".into()] }
+            }
+            (UpdatePlan::InPlace(changes), _) => {
+                Action::StartInPlace { name, revision: o.update_revision.clone(), changes }
+            }
+            // Same template under another revision name: relabel only.
+            (UpdatePlan::Unchanged, _) => {
+                Action::StartInPlace { name, revision: o.update_revision.clone(), changes: InPlaceChanges::default() }
+            }
+        };
+        out.actions.push(action);
+    }
+}
+
+fn invalid(message: String) -> Plan {
+    Plan { actions: vec![], blocked: vec![Blocked::InvalidSpec(message)] }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,247 @@
+use std::collections::BTreeMap;
+
+use berth_api::InplaceSetSpec;
+use berth_inplace::progress::Progress;
+use k8s_openapi::{api::core::v1::PodTemplateSpec, jiff::Timestamp};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::{Observed, PodView};
+
+fn template(image: &str, cpu: &str) -> PodTemplateSpec {
+    serde_json::from_value(json!({
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": image, "resources": {"limits": {"cpu": cpu}}}]}
+    }))
+    .unwrap()
+}
+
+fn spec(replicas: i32, extra: Value) -> InplaceSetSpec {
+    let mut v = json!({
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": serde_json::to_value(template("web:2", "1")).unwrap(),
+    });
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(v).unwrap()
+}
+
+fn pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
+    PodView {
+        name: format!("web-{ordinal}"),
+        ordinal,
+        revision: Some(revision.into()),
+        ready,
+        terminating: false,
+        progress: Progress::Idle,
+    }
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// Revision r1 runs web:1; r2 (the update revision) runs web:2; r3 changes cpu.
+fn observed(spec: InplaceSetSpec, pods: Vec<PodView>) -> Observed {
+    Observed {
+        name: "web".into(),
+        spec,
+        pods,
+        update_revision: "r2".into(),
+        current_revision: Some("r1".into()),
+        templates: BTreeMap::from([
+            ("r1".into(), template("web:1", "1")),
+            ("r2".into(), template("web:2", "1")),
+            ("r3".into(), template("web:1", "2")),
+        ]),
+        now: at("2026-11-22T10:00:00Z"),
+    }
+}
+
+fn ready_pods(n: i32, revision: &str) -> Vec<PodView> {
+    (0..n).map(|i| pod(i, revision, true)).collect()
+}
+
+/// Actions as short strings, for readable assertions.
+fn summary(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .map(|a| match a {
+            Action::Create { ordinal, revision } => format!("create {ordinal}@{revision}"),
+            Action::ScaleDown { name } => format!("scale-down {name}"),
+            Action::Recreate { name, .. } => format!("recreate {name}"),
+            Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
+            Action::FinishInPlace { name } => format!("finish {name}"),
+        })
+        .collect()
+}
+
+fn parallel() -> Value {
+    json!({"podManagementPolicy": "Parallel"})
+}
+
+#[test]
+fn parallel_scale_up_creates_every_missing_ordinal() {
+    let p = plan(&observed(spec(3, parallel()), vec![pod(1, "r2", true)]));
+    assert_eq!(summary(&p), ["create 0@r2", "create 2@r2"]);
+}
+
+#[test]
+fn ordered_scale_up_creates_one_pod_after_the_lower_ones_are_ready() {
+    assert_eq!(summary(&plan(&observed(spec(3, json!({})), vec![]))), ["create 0@r2"]);
+    assert_eq!(summary(&plan(&observed(spec(3, json!({})), vec![pod(0, "r2", true)]))), ["create 1@r2"]);
+    assert!(summary(&plan(&observed(spec(3, json!({})), vec![pod(0, "r2", false)]))).is_empty());
+}
+
+#[test]
+fn pods_below_the_partition_are_created_at_the_current_revision() {
+    let p = plan(&observed(
+        spec(3, json!({"podManagementPolicy": "Parallel", "updateStrategy": {"partition": 2}})),
+        vec![],
+    ));
+    assert_eq!(summary(&p), ["create 0@r1", "create 1@r1", "create 2@r2"]);
+}
+
+#[test]
+fn scale_down_removes_the_highest_ordinals_first() {
+    assert_eq!(
+        summary(&plan(&observed(spec(1, parallel()), ready_pods(3, "r2")))),
+        ["scale-down web-2", "scale-down web-1"]
+    );
+    assert_eq!(summary(&plan(&observed(spec(1, json!({})), ready_pods(3, "r2")))), ["scale-down web-2"]);
+    let mut pods = ready_pods(3, "r2");
+    pods[2].terminating = true;
+    assert!(summary(&plan(&observed(spec(1, json!({})), pods))).is_empty(), "ordered waits for the terminating pod");
+}
+
+#[test]
+fn an_image_change_rolls_in_place_from_the_highest_ordinal_within_max_unavailable() {
+    let p = plan(&observed(spec(4, json!({})), ready_pods(4, "r1")));
+    assert_eq!(summary(&p), ["in-place web-3@r2"]);
+    let Action::StartInPlace { changes, .. } = &p.actions[0] else { unreachable!() };
+    assert_eq!(changes.images, BTreeMap::from([("app".to_string(), "web:2".to_string())]));
+
+    let p = plan(&observed(spec(4, json!({"updateStrategy": {"maxUnavailable": "50%"}})), ready_pods(4, "r1")));
+    assert_eq!(summary(&p), ["in-place web-3@r2", "in-place web-2@r2"]);
+}
+
+#[test]
+fn pods_mid_update_count_against_max_unavailable() {
+    let mut pods = ready_pods(4, "r1");
+    pods[3].revision = Some("r2".into());
+    pods[3].progress = Progress::InProgress {
+        revision: "r2".into(),
+        started: at("2026-11-22T09:59:00Z"),
+        waiting: BTreeMap::from([("app".into(), "restarting".into())]),
+    };
+    let p = plan(&observed(spec(4, json!({"updateStrategy": {"maxUnavailable": 2}})), pods.clone()));
+    assert_eq!(summary(&p), ["in-place web-2@r2"], "one slot is taken by web-3");
+    let p = plan(&observed(spec(4, json!({})), pods));
+    assert!(summary(&p).is_empty(), "maxUnavailable 1 is used up");
+}
+
+#[test]
+fn unavailable_pods_are_updated_without_spending_the_budget() {
+    let mut pods = ready_pods(4, "r1");
+    pods[1].ready = false;
+    let p = plan(&observed(spec(4, json!({})), pods));
+    assert_eq!(summary(&p), ["in-place web-1@r2"], "web-1 is already down; healthy pods wait");
+}
+
+#[test]
+fn the_partition_keeps_lower_ordinals_at_the_old_revision() {
+    let big_budget = |partition: Value| json!({"updateStrategy": {"partition": partition, "maxUnavailable": 10}});
+    let p = plan(&observed(spec(4, big_budget(json!(2))), ready_pods(4, "r1")));
+    assert_eq!(summary(&p), ["in-place web-3@r2", "in-place web-2@r2"]);
+    let p = plan(&observed(spec(4, big_budget(json!("75%"))), ready_pods(4, "r1")));
+    assert_eq!(summary(&p), ["in-place web-3@r2"]);
+    let p = plan(&observed(spec(4, big_budget(json!(4))), ready_pods(4, "r1")));
+    assert!(summary(&p).is_empty());
+}
+
+#[test]
+fn a_change_that_cannot_go_in_place_recreates_or_blocks_per_strategy() {
+    let pods = vec![pod(0, "r3", true)];
+    let p = plan(&observed(spec(1, json!({})), pods.clone()));
+    assert_eq!(
+        p.actions,
+        [Action::Recreate { name: "web-0".into(), reasons: vec!["spec.containers[app].resources changed".into()] }]
+    );
+
+    let p = plan(&observed(spec(1, json!({"updateStrategy": {"type": "InPlaceOnly"}})), pods));
+    assert!(p.actions.is_empty());
+    assert_eq!(
+        p.blocked,
+        [Blocked::NotInPlace { name: "web-0".into(), reasons: vec!["spec.containers[app].resources changed".into()] }]
+    );
+}
+
+#[test]
+fn in_place_only_blocking_one_pod_leaves_the_budget_to_the_next() {
+    let pods = vec![pod(0, "r1", true), pod(1, "r3", true)];
+    let p = plan(&observed(spec(2, json!({"updateStrategy": {"type": "InPlaceOnly"}})), pods));
+    assert_eq!(summary(&p), ["in-place web-0@r2"]);
+    assert_eq!(p.blocked.len(), 1);
+}
+
+#[test]
+fn recreate_strategy_recreates_even_in_place_changes() {
+    let p = plan(&observed(spec(1, json!({"updateStrategy": {"type": "Recreate"}})), ready_pods(1, "r1")));
+    assert_eq!(
+        p.actions,
+        [Action::Recreate { name: "web-0".into(), reasons: vec!["updateStrategy.type is Recreate".into()] }]
+    );
+}
+
+#[test]
+fn paused_and_on_delete_update_nothing_but_still_scale() {
+    for strategy in [json!({"paused": true}), json!({"type": "OnDelete"})] {
+        let p = plan(&observed(
+            spec(3, json!({"podManagementPolicy": "Parallel", "updateStrategy": strategy})),
+            ready_pods(2, "r1"),
+        ));
+        assert_eq!(summary(&p), ["create 2@r2"], "{strategy}");
+    }
+}
+
+#[test]
+fn finished_updates_complete_and_stuck_ones_are_reported() {
+    let mut pods = ready_pods(2, "r2");
+    pods[0].progress = Progress::Done { revision: "r2".into() };
+    pods[1].progress = Progress::InProgress {
+        revision: "r2".into(),
+        started: at("2026-11-22T09:50:00Z"),
+        waiting: BTreeMap::from([("app".into(), "restarted, not ready yet".into())]),
+    };
+    let p = plan(&observed(spec(2, json!({})), pods));
+    assert_eq!(summary(&p), ["finish web-0"]);
+    assert_eq!(
+        p.blocked,
+        [Blocked::Overdue {
+            name: "web-1".into(),
+            waiting: BTreeMap::from([("app".into(), "restarted, not ready yet".into())])
+        }]
+    );
+}
+
+#[test]
+fn a_malformed_partition_blocks_the_plan_with_the_reason() {
+    let p = plan(&observed(spec(2, json!({"updateStrategy": {"partition": "half"}})), ready_pods(2, "r1")));
+    assert!(p.actions.is_empty());
+    assert_eq!(
+        p.blocked,
+        [Blocked::InvalidSpec("spec.updateStrategy.partition: \"half\" is not a percentage from 0% to 100%".into())]
+    );
+}
+
+#[test]
+fn pod_view_reads_the_ordinal_from_the_label_or_the_name() {
+    let from = |v: Value| PodView::from_pod("web", &serde_json::from_value(v).unwrap());
+    let by_label = from(
+        json!({"metadata": {"name": "x", "labels": {"apps.kubernetes.io/pod-index": "7", "controller-revision-hash": "r1"}}}),
+    );
+    assert_eq!(by_label.as_ref().map(|p| (p.ordinal, p.revision.clone())), Ok((7, Some("r1".into()))));
+    assert_eq!(from(json!({"metadata": {"name": "web-12"}})).map(|p| p.ordinal), Ok(12));
+    let err = from(json!({"metadata": {"name": "other-1"}})).unwrap_err();
+    assert_eq!(err, "pod other-1: no ordinal in label apps.kubernetes.io/pod-index or name web-<ordinal>");
+}
