@@ -5,6 +5,7 @@
 pub mod observed;
 pub mod plan;
 pub mod scaled;
+pub mod status;
 
 pub use observed::{Observed, PodView};
 pub use plan::{Action, Blocked, Plan, plan};

@@ -17,6 +17,8 @@ pub struct PodView {
     /// Its `controller-revision-hash` label.
     pub revision: Option<String>,
     pub ready: bool,
+    /// Its [`keys::INPLACE_UPDATE_READY`] readiness-gate condition is True.
+    pub gate_open: bool,
     pub terminating: bool,
     pub progress: Progress,
 }
@@ -34,16 +36,18 @@ impl PodView {
             .and_then(|s| s.parse::<i32>().ok())
             .filter(|o| *o >= 0)
             .ok_or_else(|| format!("pod {name}: no ordinal in label {} or name {set}-<ordinal>", keys::POD_INDEX))?;
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let condition = |type_: &str| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+        };
         Ok(Self {
             name,
             ordinal,
             revision: labels.get(keys::CONTROLLER_REVISION_HASH).cloned(),
-            ready,
+            ready: condition("Ready"),
+            gate_open: condition(keys::INPLACE_UPDATE_READY),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             progress: progress(pod).map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
         })

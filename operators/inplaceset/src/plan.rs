@@ -23,6 +23,9 @@ pub enum Action {
     StartInPlace { name: String, revision: String, changes: InPlaceChanges },
     /// The update completed: readiness gate True, state annotation removed.
     FinishInPlace { name: String },
+    /// A pod with no update in flight whose readiness gate is not True (new,
+    /// or an update start that failed half way): open it.
+    OpenGate { name: String },
 }
 
 /// Why part of the spec is not being carried out; reported as a condition and an Event.
@@ -60,9 +63,12 @@ pub fn plan(o: &Observed) -> Plan {
         by_ordinal.entry(pod.ordinal).or_insert(pod);
     }
 
-    // Finished or stuck in-place updates.
+    // Finished or stuck in-place updates; gates left closed.
     for pod in &o.pods {
         match &pod.progress {
+            Progress::Idle if !pod.gate_open && !pod.terminating => {
+                out.actions.push(Action::OpenGate { name: pod.name.clone() })
+            }
             Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
             p @ Progress::InProgress { waiting, .. } if p.is_overdue(o.now, IN_PLACE_DEADLINE) => {
                 out.blocked.push(Blocked::Overdue { name: pod.name.clone(), waiting: waiting.clone() })

@@ -32,6 +32,7 @@ fn pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
         ordinal,
         revision: Some(revision.into()),
         ready,
+        gate_open: true,
         terminating: false,
         progress: Progress::Idle,
     }
@@ -72,6 +73,7 @@ fn summary(p: &Plan) -> Vec<String> {
             Action::Recreate { name, .. } => format!("recreate {name}"),
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
             Action::FinishInPlace { name } => format!("finish {name}"),
+            Action::OpenGate { name } => format!("open-gate {name}"),
         })
         .collect()
 }
@@ -244,4 +246,14 @@ fn pod_view_reads_the_ordinal_from_the_label_or_the_name() {
     assert_eq!(from(json!({"metadata": {"name": "web-12"}})).map(|p| p.ordinal), Ok(12));
     let err = from(json!({"metadata": {"name": "other-1"}})).unwrap_err();
     assert_eq!(err, "pod other-1: no ordinal in label apps.kubernetes.io/pod-index or name web-<ordinal>");
+}
+
+#[test]
+fn a_closed_gate_on_an_idle_pod_is_opened() {
+    let mut pods = ready_pods(2, "r2");
+    pods[0].gate_open = false;
+    pods[0].ready = false;
+    pods[1].gate_open = false;
+    pods[1].terminating = true;
+    assert_eq!(summary(&plan(&observed(spec(2, json!({})), pods))), ["open-gate web-0"]);
 }
