@@ -76,12 +76,13 @@ unit: deps ## unit tests (no cluster)
 	cargo test --workspace --exclude berth-e2e --locked
 
 .PHONY: e2e
-e2e: ## e2e suites against the local cluster (started and stopped here) or E2E_KUBECONFIG
+e2e: ## e2e suites against the local cluster with berth-manager (started and stopped here), or E2E_KUBECONFIG
 	@if [ -n "$$E2E_KUBECONFIG" ]; then \
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
 	  cargo test --locked -p berth-e2e -- --test-threads 4; \
 	else \
-	  $(MAKE) --no-print-directory cluster-up && \
+	  cargo build --locked -p berth-manager && \
+	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
 	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi

@@ -2,8 +2,10 @@
 //! observed (the set, its pods, its revisions) to the actions that move the
 //! pods toward the spec; the executor (with the manager) only carries them out.
 
+pub mod controller;
 pub mod observed;
 pub mod plan;
+pub mod pod;
 pub mod scaled;
 pub mod status;
 

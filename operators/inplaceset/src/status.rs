@@ -74,7 +74,7 @@ pub fn status(
         ready_replicas,
         available_replicas: count(&|p| p.available()),
         updated_replicas,
-        updated_ready_replicas: count(&|p| updated(p) && p.ready),
+        updated_ready_replicas: count(&|p| updated(p) && p.available()),
         current_revision,
         update_revision: Some(o.update_revision.clone()),
         collision_count: previous.and_then(|s| s.collision_count),

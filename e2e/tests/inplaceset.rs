@@ -1,0 +1,192 @@
+//! The InplaceSet controller on the real cluster (berth-manager running under
+//! its own service account): ordered creation, an in-place image rollout that
+//! keeps every pod's UID and node, and maxUnavailable honoured throughout.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Result;
+use berth_api::InplaceSet;
+use berth_e2e::{TestNamespace, client, images, install_crds, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+fn set(replicas: i32, image: &str, extra: serde_json::Value) -> InplaceSet {
+    let mut v = json!({
+        "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": image}, {"name": "log", "image": images().0}]}
+            }
+        }
+    });
+    v["spec"].as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    serde_json::from_value(v).unwrap()
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == name)
+}
+
+async fn rolled_out(sets: &Api<InplaceSet>, replicas: i32, timeout: Duration) -> Result<InplaceSet> {
+    wait_for(sets, "web", timeout, "rolled out", move |s: Option<&InplaceSet>| {
+        s.and_then(|s| Some((s.metadata.generation, s.status.as_ref()?))).is_some_and(|(generation, st)| {
+            st.observed_generation == generation
+                && st.replicas == replicas
+                && st.updated_ready_replicas == replicas
+                && st.current_revision.is_some()
+                && st.current_revision == st.update_revision
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-roll").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (image_a, image_b) = images();
+
+    sets.create(&PostParams::default(), &set(4, &image_a, json!({}))).await?;
+    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+    let before: BTreeMap<String, (String, String)> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| {
+            (
+                p.name_any(),
+                (p.uid().unwrap_or_default(), p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()),
+            )
+        })
+        .collect();
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["web-0", "web-1", "web-2", "web-3"]);
+    // OrderedReady: each pod was created after the previous one was Ready.
+    let mut times = Vec::new();
+    for i in 0..4 {
+        times.push(pods.get(&format!("web-{i}")).await?.metadata.creation_timestamp.expect("created"));
+    }
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "ordinal order: {times:?}");
+
+    // Sample unavailability while the rollout runs.
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (pods, max_seen, done) = (pods.clone(), max_seen.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let unavailable = 4 - list.items.iter().filter(|p| ready(p)).count();
+                    max_seen.fetch_max(unavailable, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // A merge patch replaces the containers list: send both containers.
+    let full = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
+    ]}}}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(&full)).await?;
+    let after_set = rolled_out(&sets, 4, Duration::from_secs(180)).await?;
+    done.store(true, Ordering::SeqCst);
+    sampler.await?;
+
+    assert!(
+        max_seen.load(Ordering::SeqCst) <= 1,
+        "unavailable pods peaked at {} > maxUnavailable 1",
+        max_seen.load(Ordering::SeqCst)
+    );
+    for p in pods.list(&ListParams::default()).await?.items {
+        let (uid, node) = &before[&p.name_any()];
+        assert_eq!(&p.uid().unwrap_or_default(), uid, "{}: same pod object", p.name_any());
+        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.as_ref()), Some(node), "{}: same node", p.name_any());
+        let app = container(&p, "app").expect("app status");
+        assert_eq!(app.image_id, image_b, "{}", p.name_any());
+        assert_eq!(app.restart_count, 1, "{}: app restarted once", p.name_any());
+        assert_eq!(container(&p, "log").map(|c| c.restart_count), Some(0), "{}: log untouched", p.name_any());
+        assert_eq!(
+            p.labels().get("controller-revision-hash"),
+            after_set.status.as_ref().unwrap().update_revision.as_ref()
+        );
+    }
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-part").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (image_a, image_b) = images();
+    let strategy = json!({"podManagementPolicy": "Parallel", "updateStrategy": {"partition": 2, "maxUnavailable": 4}});
+    sets.create(&PostParams::default(), &set(4, &image_a, strategy)).await?;
+    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+
+    let both = |app: &str| {
+        json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": app}, {"name": "log", "image": images().0}
+        ]}}}})
+    };
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(both(&image_b))).await?;
+    wait_for(&sets, "web", Duration::from_secs(120), "2 pods updated", |s: Option<&InplaceSet>| {
+        s.and_then(|s| Some((s.metadata.generation, s.status.as_ref()?)))
+            .is_some_and(|(generation, st)| st.observed_generation == generation && st.updated_ready_replicas == 2)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let image_of = |p: &Pod| {
+        p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == "app")).and_then(|c| c.image.clone())
+    };
+    for i in 0..4 {
+        let p = pods.get(&format!("web-{i}")).await?;
+        let want = if i < 2 { &image_a } else { &image_b };
+        assert_eq!(image_of(&p).as_ref(), Some(want), "web-{i} under partition 2");
+    }
+
+    // Pause, lower the partition: nothing moves until resumed.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"updateStrategy": {"paused": true, "partition": 0}}})),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(image_of(&pods.get("web-0").await?).as_ref(), Some(&image_a), "paused");
+    let paused = sets.get("web").await?;
+    let condition = paused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Paused").unwrap();
+    assert_eq!(condition.status, "True");
+
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"updateStrategy": {"paused": false}}})))
+        .await?;
+    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+    assert_eq!(image_of(&pods.get("web-0").await?).as_ref(), Some(&image_b));
+    ns.delete().await
+}

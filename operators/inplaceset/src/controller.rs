@@ -1,0 +1,301 @@
+//! The InplaceSet controller's I/O: observe (sets, a label-filtered pod cache,
+//! ControllerRevisions), [`crate::plan`], then execute each action and write
+//! status with server-side apply. All decisions live in the planner.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use berth_api::{InplaceSet, keys};
+use berth_inplace::{patch, revision::revision_name};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::ControllerRevision,
+        core::v1::{Pod, PodTemplateSpec},
+    },
+    apimachinery::pkg::runtime::RawExtension,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action as Requeue,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{Action, Observed, PodView, pod::new_pod, status};
+
+pub const FIELD_MANAGER: &str = "berth-manager";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("InplaceSet {0} has no namespace")]
+    NoNamespace(String),
+    #[error("ControllerRevision {name}: {reason}")]
+    BadRevision { name: String, reason: String },
+}
+
+pub struct Context {
+    client: Client,
+    pods: Store<Pod>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until a shutdown signal.
+pub async fn run(client: Client) {
+    // One pod watch, limited to pods InplaceSets own (they carry the set label).
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let (pods, writer) = reflector::store();
+    let pod_stream = watcher(pods_api, watcher::Config::default().labels(keys::INPLACESET_NAME))
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context { client: client.clone(), pods, recorder: Recorder::new(client.clone(), reporter) });
+    Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
+        .owns_stream(pod_stream)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(set: Arc<InplaceSet>, error: &Error, _: Arc<Context>) -> Requeue {
+    warn!(inplaceset = %set.name_any(), namespace = set.namespace().unwrap_or_default(), %error, "reconcile error");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = set.namespace().ok_or_else(|| Error::NoNamespace(set.name_any()))?;
+    let name = set.name_any();
+    let client = &ctx.client;
+    let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
+    let update_revision = revision_name(&name, &set.spec.template, collision);
+    let templates = ensure_revisions(client, &set, &ns, &update_revision).await?;
+
+    let uid = set.uid();
+    let owned: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|p| p.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true)))
+        .collect();
+    let mut pods = Vec::new();
+    for p in &owned {
+        match PodView::from_pod(&name, p) {
+            Ok(v) => pods.push(v),
+            Err(e) => warn!(inplaceset = %name, error = %e, "ignoring pod"),
+        }
+    }
+    let observed = Observed {
+        name: name.clone(),
+        spec: set.spec.clone(),
+        pods,
+        update_revision: update_revision.clone(),
+        current_revision: set.status.as_ref().and_then(|s| s.current_revision.clone()),
+        templates: templates.clone(),
+        now: Timestamp::now(),
+    };
+    let plan = crate::plan(&observed);
+
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut first_error = None;
+    for action in &plan.actions {
+        if let Err(e) = execute(&ctx, &set, &pods_api, &templates, action).await {
+            warn!(inplaceset = %name, ?action, error = %e, "action failed");
+            first_error.get_or_insert(e);
+        }
+    }
+    for blocked in &plan.blocked {
+        publish(&ctx, &set, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
+    }
+
+    let new_status = status::status(&observed, &plan, set.metadata.generation, set.status.as_ref());
+    let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
+    let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
+    sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await?;
+
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Work in flight is re-observed through the pod watch; this is the safety net.
+    let busy = !plan.actions.is_empty() || observed.pods.iter().any(|p| !p.available());
+    Ok(Requeue::requeue(Duration::from_secs(if busy { 5 } else { 300 })))
+}
+
+async fn execute(
+    ctx: &Context,
+    set: &InplaceSet,
+    pods: &Api<Pod>,
+    templates: &BTreeMap<String, PodTemplateSpec>,
+    action: &Action,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let status_patch = |p| Patch::Strategic(p);
+    match action {
+        Action::Create { ordinal, revision } => {
+            let template = templates.get(revision).ok_or_else(|| Error::BadRevision {
+                name: revision.clone(),
+                reason: "not found for a pod to create".into(),
+            })?;
+            let pod = new_pod(set, *ordinal, revision, template);
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()), // already created; the cache lags
+                Err(e) => return Err(e.into()),
+            }
+            let name = pod.name_any();
+            info!(inplaceset = %set.name_any(), pod = %name, %revision, "created pod");
+            publish(ctx, set, EventType::Normal, "SuccessfulCreate", "Create", format!("created pod {name}")).await;
+        }
+        Action::ScaleDown { name } | Action::Recreate { name, .. } => {
+            pods.delete(name, &DeleteParams::default()).await?;
+            let why = match action {
+                Action::Recreate { reasons, .. } => format!("recreate for the update revision: {}", reasons.join(", ")),
+                _ => "scale down".to_string(),
+            };
+            info!(inplaceset = %set.name_any(), pod = %name, %why, "deleted pod");
+            publish(ctx, set, EventType::Normal, "SuccessfulDelete", "Delete", format!("deleted pod {name}: {why}"))
+                .await;
+        }
+        Action::StartInPlace { name, revision, changes } => {
+            let message = format!("updating in place to {revision}");
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &status_patch(patch::readiness_patch(false, "InPlaceUpdating", &message, now)),
+            )
+            .await?;
+            start_in_place(pods, name, revision, changes, now).await?;
+            let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
+            info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
+            publish(
+                ctx,
+                set,
+                EventType::Normal,
+                "InPlaceUpdateStarted",
+                "Update",
+                format!("{name}: {message} ({})", images.join(", ")),
+            )
+            .await;
+        }
+        Action::FinishInPlace { name } => {
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &status_patch(patch::readiness_patch(true, "InPlaceUpdated", "", now)),
+            )
+            .await?;
+            pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
+            info!(inplaceset = %set.name_any(), pod = %name, "finished in-place update");
+            publish(ctx, set, EventType::Normal, "InPlaceUpdateDone", "Update", format!("{name} updated in place"))
+                .await;
+        }
+        Action::OpenGate { name } => {
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &status_patch(patch::readiness_patch(true, "Ready", "", now)),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the start patch. The kubelet rewrites the pod's status as the gate
+/// closes, so the first try can meet a newer resourceVersion: re-read and
+/// retry while the pod is still at the revision the plan saw.
+async fn start_in_place(
+    pods: &Api<Pod>,
+    name: &str,
+    revision: &str,
+    changes: &berth_inplace::InPlaceChanges,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let mut current = pods.get(name).await?;
+    let planned_from = current.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
+    for attempt in 1.. {
+        let start = Patch::Strategic(patch::start_patch(&current, changes, revision, now));
+        match pods.patch(name, &PatchParams::default(), &start).await {
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
+                current = pods.get(name).await?;
+                if current.labels().get(keys::CONTROLLER_REVISION_HASH) != planned_from.as_ref() {
+                    return Ok(()); // someone else moved it; the next pass re-plans
+                }
+            }
+            result => return result.map(|_| ()).map_err(Error::from),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Lists the set's ControllerRevisions (revision name → template) and
+/// creates the one for the current template if it is missing.
+async fn ensure_revisions(
+    client: &Client,
+    set: &InplaceSet,
+    ns: &str,
+    update_revision: &str,
+) -> Result<BTreeMap<String, PodTemplateSpec>, Error> {
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let list =
+        api.list(&ListParams::default().labels(&format!("{}={}", keys::INPLACESET_NAME, set.name_any()))).await?;
+    let mut templates = BTreeMap::new();
+    let mut highest = 0;
+    for rev in list.items {
+        let name = rev.name_any();
+        highest = highest.max(rev.revision.unwrap_or(0));
+        let template = rev
+            .data
+            .0
+            .get("template")
+            .cloned()
+            .ok_or_else(|| "no data.template".to_string())
+            .and_then(|t| serde_json::from_value::<PodTemplateSpec>(t).map_err(|e| e.to_string()))
+            .map_err(|reason| Error::BadRevision { name: name.clone(), reason })?;
+        templates.insert(name, template);
+    }
+    if !templates.contains_key(update_revision) {
+        let revision = ControllerRevision {
+            metadata: ObjectMeta {
+                name: Some(update_revision.into()),
+                namespace: Some(ns.into()),
+                labels: Some(BTreeMap::from([(keys::INPLACESET_NAME.into(), set.name_any())])),
+                owner_references: set.controller_owner_ref(&()).map(|r| vec![r]),
+                ..Default::default()
+            },
+            data: RawExtension(json!({"template": set.spec.template})),
+            revision: Some(highest + 1),
+        };
+        match api.create(&PostParams::default(), &revision).await {
+            // 409: another pass created it first; the name is the template's hash.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        templates.insert(update_revision.into(), set.spec.template.clone());
+    }
+    Ok(templates)
+}
+
+async fn publish(ctx: &Context, set: &InplaceSet, type_: EventType, reason: &str, action: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
+        warn!(inplaceset = %set.name_any(), error = %e, "could not record Event");
+    }
+}
