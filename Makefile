@@ -95,8 +95,9 @@ test: deps ## everything CI runs: CRD freshness, lint, unit tests, e2e on a real
 	exit $$rc
 
 .PHONY: demo
-demo: deps build cluster-up ## the main job: local cluster with berth's CRDs and an example applied
-	@E2E_STATE=$(E2E_STATE) e2e/demo.sh
+demo: deps build cluster-up ## the main job: local cluster, berth installed, an example InplaceSet rolled in place
+	@e2e/manager.sh up
+	@e2e/demo.sh
 
 .PHONY: demo-down
 demo-down: cluster-down ## stop what `make demo` started

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::ControllerRevision,
-        core::v1::{Pod, PodTemplateSpec},
+        core::v1::{ObjectReference, Pod, PodTemplateSpec},
     },
     apimachinery::pkg::runtime::RawExtension,
     jiff::Timestamp,
@@ -121,7 +121,7 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         }
     }
     for blocked in &plan.blocked {
-        publish(&ctx, &set, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
+        publish(&ctx, &set, None, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
     }
 
     let new_status = status::status(&observed, &plan, set.metadata.generation, set.status.as_ref());
@@ -160,7 +160,16 @@ async fn execute(
             }
             let name = pod.name_any();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, "created pod");
-            publish(ctx, set, EventType::Normal, "SuccessfulCreate", "Create", format!("created pod {name}")).await;
+            publish(
+                ctx,
+                set,
+                Some(&name),
+                EventType::Normal,
+                "SuccessfulCreate",
+                "Create",
+                format!("created pod {name}"),
+            )
+            .await;
         }
         Action::ScaleDown { name } | Action::Recreate { name, .. } => {
             pods.delete(name, &DeleteParams::default()).await?;
@@ -169,8 +178,16 @@ async fn execute(
                 _ => "scale down".to_string(),
             };
             info!(inplaceset = %set.name_any(), pod = %name, %why, "deleted pod");
-            publish(ctx, set, EventType::Normal, "SuccessfulDelete", "Delete", format!("deleted pod {name}: {why}"))
-                .await;
+            publish(
+                ctx,
+                set,
+                Some(name),
+                EventType::Normal,
+                "SuccessfulDelete",
+                "Delete",
+                format!("deleted pod {name}: {why}"),
+            )
+            .await;
         }
         Action::StartInPlace { name, revision, changes } => {
             let message = format!("updating in place to {revision}");
@@ -186,6 +203,7 @@ async fn execute(
             publish(
                 ctx,
                 set,
+                Some(name),
                 EventType::Normal,
                 "InPlaceUpdateStarted",
                 "Update",
@@ -202,8 +220,16 @@ async fn execute(
             .await?;
             pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
             info!(inplaceset = %set.name_any(), pod = %name, "finished in-place update");
-            publish(ctx, set, EventType::Normal, "InPlaceUpdateDone", "Update", format!("{name} updated in place"))
-                .await;
+            publish(
+                ctx,
+                set,
+                Some(name),
+                EventType::Normal,
+                "InPlaceUpdateDone",
+                "Update",
+                format!("{name} updated in place"),
+            )
+            .await;
         }
         Action::OpenGate { name } => {
             pods.patch_status(
@@ -293,8 +319,25 @@ async fn ensure_revisions(
     Ok(templates)
 }
 
-async fn publish(ctx: &Context, set: &InplaceSet, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+/// Records an Event on the set; `pod` names the pod it concerns (Events are
+/// aggregated per reason and related object, so each pod keeps its own).
+async fn publish(
+    ctx: &Context,
+    set: &InplaceSet,
+    pod: Option<&str>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let secondary = pod.map(|name| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.into()),
+        namespace: set.namespace(),
+        ..Default::default()
+    });
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary };
     if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
         warn!(inplaceset = %set.name_any(), error = %e, "could not record Event");
     }
