@@ -190,3 +190,88 @@ async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
     assert_eq!(image_of(&pods.get("web-0").await?).as_ref(), Some(&image_b));
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_change_that_cannot_go_in_place_recreates_or_is_refused_per_strategy() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-recreate").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (image_a, _) = images();
+    let strategy =
+        json!({"podManagementPolicy": "Parallel", "updateStrategy": {"type": "InPlaceOnly", "maxUnavailable": 2}});
+    sets.create(&PostParams::default(), &set(2, &image_a, strategy)).await?;
+    rolled_out(&sets, 2, Duration::from_secs(120)).await?;
+    let uid_before = pods.get("web-0").await?.uid();
+
+    // An env change cannot be applied to a running container.
+    let with_env = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": image_a, "env": [{"name": "MODE", "value": "fast"}]},
+        {"name": "log", "image": image_a}
+    ]}}}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(&with_env)).await?;
+    let refused = wait_for(&sets, "web", Duration::from_secs(60), "FailedUpdate", |s: Option<&InplaceSet>| {
+        s.and_then(|s| s.status.as_ref())
+            .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "FailedUpdate" && c.status == "True"))
+    })
+    .await?;
+    let condition = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "FailedUpdate").unwrap();
+    assert!(
+        condition.message.contains("cannot be updated in place under InPlaceOnly: spec.containers[app].env changed"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(pods.get("web-0").await?.uid(), uid_before, "InPlaceOnly leaves the pod alone");
+
+    // InPlaceIfPossible recreates those pods at the new revision.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"updateStrategy": {"type": "InPlaceIfPossible"}}})),
+    )
+    .await?;
+    rolled_out(&sets, 2, Duration::from_secs(120)).await?;
+    let recreated = pods.get("web-0").await?;
+    assert_ne!(recreated.uid(), uid_before, "recreated as a new pod");
+    let env = recreated.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+    assert_eq!(env.first().map(|e| e.name.as_str()), Some("MODE"));
+    let done = sets.get("web").await?.status.unwrap();
+    let failed = done.conditions.iter().find(|c| c.type_ == "FailedUpdate").unwrap();
+    assert_eq!(failed.status, "False", "the condition clears once nothing is blocked");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn kubectl_scale_through_the_scale_subresource_removes_the_highest_ordinals() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-scale").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    sets.create(&PostParams::default(), &set(4, &images().0, json!({}))).await?;
+    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+    let scale = sets.get_scale("web").await?;
+    assert_eq!(scale.status.and_then(|s| s.selector).as_deref(), Some("app=web"), "HPA-readable selector");
+
+    sets.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
+    rolled_out(&sets, 2, Duration::from_secs(120)).await?;
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        names = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>();
+        if names.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    names.sort();
+    assert_eq!(names, ["web-0", "web-1"]);
+    ns.delete().await
+}
