@@ -79,6 +79,10 @@ fn error_policy(set: Arc<InplaceSet>, error: &Error, _: Arc<Context>) -> Requeue
 }
 
 async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if set.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes its pods; creating more would fight it.
+        return Ok(Requeue::await_change());
+    }
     let ns = set.namespace().ok_or_else(|| Error::NoNamespace(set.name_any()))?;
     let name = set.name_any();
     let client = &ctx.client;
