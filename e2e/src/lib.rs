@@ -149,3 +149,25 @@ pub fn refusal<T: Debug>(result: kube::Result<T>) -> Result<(u16, String)> {
         Ok(obj) => Err(anyhow!("expected the apiserver to refuse, but it accepted: {obj:?}")),
     }
 }
+
+/// Whether the pod has condition `type_` with status True.
+pub fn pod_condition(pod: &k8s_openapi::api::core::v1::Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// Whether the pod is Ready.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod_condition(pod, "Ready")
+}
+
+/// The status of the named container (regular or init), if reported.
+pub fn container_status<'a>(
+    pod: &'a k8s_openapi::api::core::v1::Pod,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status.container_statuses.iter().chain(status.init_container_statuses.iter()).flatten().find(|c| c.name == name)
+}

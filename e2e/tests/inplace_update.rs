@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use berth_api::keys;
-use berth_e2e::{TestNamespace, client, images, wait_for};
+use berth_e2e::{TestNamespace, client, images, pod_ready as ready, wait_for};
 use berth_inplace::{UpdatePlan, patch, plan_update, progress::Progress};
 use k8s_openapi::{
     api::core::v1::{Pod, PodTemplateSpec},
@@ -37,13 +37,6 @@ fn gate(pod: &Pod) -> Option<String> {
         .iter()
         .find(|c| c.type_ == keys::INPLACE_UPDATE_READY)
         .map(|c| c.status.clone())
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn restarts(pod: &Pod, name: &str) -> i32 {

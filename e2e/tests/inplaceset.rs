@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::Result;
 use berth_api::InplaceSet;
-use berth_e2e::{TestNamespace, client, images, install_crds, wait_for};
+use berth_e2e::{
+    TestNamespace, client, container_status as container, images, install_crds, pod_ready as ready, wait_for,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
@@ -36,17 +38,6 @@ fn set(replicas: i32, image: &str, extra: serde_json::Value) -> InplaceSet {
     });
     v["spec"].as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
     serde_json::from_value(v).unwrap()
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == name)
 }
 
 async fn rolled_out(sets: &Api<InplaceSet>, replicas: i32, timeout: Duration) -> Result<InplaceSet> {

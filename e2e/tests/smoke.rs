@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use berth_api::{InplaceSet, inplaceset::UpdateStrategyType};
-use berth_e2e::{FIELD_MANAGER, TestNamespace, client, images, install_crds, refusal, wait_for};
+use berth_e2e::{
+    FIELD_MANAGER, TestNamespace, client, images, install_crds, pod_condition, pod_ready, refusal, wait_for,
+};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Pod, ServiceAccount},
@@ -161,7 +163,7 @@ async fn a_pod_runs_on_a_simulated_node_and_its_image_updates_in_place() -> Resu
     let running =
         wait_for(&pods, "web", Duration::from_secs(60), "Running and Ready", conditions::is_pod_running()).await?;
     let running = wait_for(&pods, "web", Duration::from_secs(60), "Ready", is_ready).await.unwrap_or(running);
-    assert!(is_ready_pod(&running), "pod not Ready: {:?}", running.status);
+    assert!(pod_ready(&running), "pod not Ready: {:?}", running.status);
     let uid = running.uid();
     let node = running.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled");
     assert_eq!(container_status(&running, "app").image_id, image_a);
@@ -172,7 +174,7 @@ async fn a_pod_runs_on_a_simulated_node_and_its_image_updates_in_place() -> Resu
     let updated = wait_for(&pods, "web", Duration::from_secs(90), "running the new image", |p: Option<&Pod>| {
         p.is_some_and(|p| {
             let s = container_status(p, "app");
-            s.image_id == images().1 && s.ready && is_ready_pod(p)
+            s.image_id == images().1 && s.ready && pod_ready(p)
         })
     })
     .await?;
@@ -259,25 +261,6 @@ async fn service_account_tokens_act_under_rbac() -> Result<()> {
     ns.delete().await
 }
 
-fn container_status(pod: &Pod, name: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == name).cloned())
-        .unwrap_or_else(|| panic!("no status for container {name}: {:?}", pod.status))
-}
-
-fn is_ready_pod(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn is_ready(pod: Option<&Pod>) -> bool {
-    pod.is_some_and(is_ready_pod)
-}
-
 #[tokio::test]
 async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()> {
     let client = client().await?;
@@ -298,7 +281,7 @@ async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()>
     let after = wait_for(&pods, "sized", Duration::from_secs(60), "reporting the new resources", |p: Option<&Pod>| {
         p.is_some_and(|p| {
             let reported = serde_json::to_value(&container_status(p, "app").resources).unwrap_or_default();
-            reported == want && !has_condition(p, "PodResizeInProgress") && !has_condition(p, "PodResizePending")
+            reported == want && !pod_condition(p, "PodResizeInProgress") && !pod_condition(p, "PodResizePending")
         })
     })
     .await?;
@@ -322,9 +305,12 @@ async fn a_pod_resize_reaches_container_status_without_a_restart() -> Result<()>
     ns.delete().await
 }
 
-fn has_condition(pod: &Pod, type_: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+fn container_status(pod: &Pod, name: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
+    berth_e2e::container_status(pod, name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for container {name}: {:?}", pod.status))
+}
+
+fn is_ready(pod: Option<&Pod>) -> bool {
+    pod.is_some_and(pod_ready)
 }

@@ -59,6 +59,20 @@ impl PodView {
     }
 }
 
+/// A ready, idle pod view for tests.
+#[cfg(test)]
+pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
+    PodView {
+        name: format!("web-{ordinal}"),
+        ordinal,
+        revision: Some(revision.into()),
+        ready,
+        gate_open: true,
+        terminating: false,
+        progress: Progress::Idle,
+    }
+}
+
 /// Everything one planning pass reads.
 #[derive(Clone, Debug)]
 pub struct Observed {

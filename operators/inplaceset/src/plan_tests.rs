@@ -26,17 +26,7 @@ fn spec(replicas: i32, extra: Value) -> InplaceSetSpec {
     serde_json::from_value(v).unwrap()
 }
 
-fn pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
-    PodView {
-        name: format!("web-{ordinal}"),
-        ordinal,
-        revision: Some(revision.into()),
-        ready,
-        gate_open: true,
-        terminating: false,
-        progress: Progress::Idle,
-    }
-}
+use crate::observed::test_pod as pod;
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()

@@ -118,11 +118,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use berth_api::InplaceSetSpec;
-    use berth_inplace::progress::Progress;
     use serde_json::json;
 
     use super::*;
-    use crate::PodView;
+    use crate::{PodView, observed::test_pod as pod};
 
     fn observed(pods: Vec<PodView>) -> Observed {
         let spec: InplaceSetSpec = serde_json::from_value(json!({
@@ -139,18 +138,6 @@ mod tests {
             current_revision: Some("r1".into()),
             templates: BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
-        }
-    }
-
-    fn pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
-        PodView {
-            name: format!("web-{ordinal}"),
-            ordinal,
-            revision: Some(revision.into()),
-            ready,
-            gate_open: ready,
-            terminating: false,
-            progress: Progress::Idle,
         }
     }
 
