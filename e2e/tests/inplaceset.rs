@@ -16,7 +16,7 @@ use berth_api::InplaceSet;
 use berth_e2e::{
     TestNamespace, client, container_status as container, images, install_crds, pod_ready as ready, wait_for,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{apps::v1::ControllerRevision, core::v1::Pod};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -137,7 +137,11 @@ async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
     let sets: Api<InplaceSet> = ns.api();
     let pods: Api<Pod> = ns.api();
     let (image_a, image_b) = images();
-    let strategy = json!({"podManagementPolicy": "Parallel", "updateStrategy": {"partition": 2, "maxUnavailable": 4}});
+    let strategy = json!({
+        "podManagementPolicy": "Parallel",
+        "revisionHistoryLimit": 0,
+        "updateStrategy": {"partition": 2, "maxUnavailable": 4}
+    });
     sets.create(&PostParams::default(), &set(4, &image_a, strategy)).await?;
     rolled_out(&sets, 4, Duration::from_secs(120)).await?;
 
@@ -177,8 +181,20 @@ async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
 
     sets.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"updateStrategy": {"paused": false}}})))
         .await?;
-    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+    let done = rolled_out(&sets, 4, Duration::from_secs(120)).await?;
     assert_eq!(image_of(&pods.get("web-0").await?).as_ref(), Some(&image_b));
+
+    // revisionHistoryLimit 0: once no pod runs the old revision, only the current one is kept.
+    let revisions: Api<ControllerRevision> = ns.api();
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = revisions.list(&ListParams::default()).await?.items.iter().map(|r| r.name_any()).collect();
+        if names.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(names, [done.status.unwrap().update_revision.unwrap()]);
     ns.delete().await
 }
 

@@ -29,7 +29,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{Action, Observed, PodView, pod::new_pod, status};
+use crate::{Action, Observed, PodView, history, pod::new_pod, status};
 
 pub const FIELD_MANAGER: &str = "berth-manager";
 
@@ -88,7 +88,7 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let client = &ctx.client;
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let update_revision = revision_name(&name, &set.spec.template, collision);
-    let templates = ensure_revisions(client, &set, &ns, &update_revision).await?;
+    let (templates, revision_numbers) = ensure_revisions(client, &set, &ns, &update_revision).await?;
 
     let uid = set.uid();
     let owned: Vec<Arc<Pod>> = ctx
@@ -126,6 +126,15 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     }
     for blocked in &plan.blocked {
         publish(&ctx, &set, None, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
+    }
+
+    let in_use = observed.pods.iter().filter_map(|p| p.revision.clone()).collect();
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    for old in history::prune(&revision_numbers, &in_use, &update_revision, set.spec.revision_history_limit) {
+        match revisions.delete(&old, &DeleteParams::default()).await {
+            Ok(_) => info!(inplaceset = %name, revision = %old, "pruned revision beyond revisionHistoryLimit"),
+            Err(e) => warn!(inplaceset = %name, revision = %old, error = %e, "could not prune revision"),
+        }
     }
 
     let new_status = status::status(&observed, &plan, set.metadata.generation, set.status.as_ref());
@@ -281,15 +290,17 @@ async fn ensure_revisions(
     set: &InplaceSet,
     ns: &str,
     update_revision: &str,
-) -> Result<BTreeMap<String, PodTemplateSpec>, Error> {
+) -> Result<(BTreeMap<String, PodTemplateSpec>, Vec<(String, i64)>), Error> {
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
     let list =
         api.list(&ListParams::default().labels(&format!("{}={}", keys::INPLACESET_NAME, set.name_any()))).await?;
     let mut templates = BTreeMap::new();
+    let mut numbers = Vec::new();
     let mut highest = 0;
     for rev in list.items {
         let name = rev.name_any();
         highest = highest.max(rev.revision.unwrap_or(0));
+        numbers.push((name.clone(), rev.revision.unwrap_or(0)));
         let template = rev
             .data
             .0
@@ -319,8 +330,9 @@ async fn ensure_revisions(
             Ok(_) => {}
         }
         templates.insert(update_revision.into(), set.spec.template.clone());
+        numbers.push((update_revision.into(), highest + 1));
     }
-    Ok(templates)
+    Ok((templates, numbers))
 }
 
 /// Records an Event on the set; `pod` names the pod it concerns (Events are
