@@ -66,8 +66,12 @@ pub async fn run(client: Client) {
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
+            match result {
+                // error_policy has logged it, with the set's name; or the set is gone.
+                Ok(_)
+                | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+                | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
+                Err(e) => warn!(error = %e, "controller error"),
             }
         })
         .await;
@@ -169,6 +173,8 @@ async fn execute(
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()), // already created; the cache lags
+                // The namespace is going away (its pods before the set): nothing to do.
+                Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
             let name = pod.name_any();
@@ -254,6 +260,11 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 /// Sends the start patch. The kubelet rewrites the pod's status as the gate
