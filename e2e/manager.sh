@@ -14,7 +14,7 @@ case "${1:-}" in
   up)
     [[ -x "$BIN" ]] || { echo "[manager] $BIN missing: cargo build -p berth-manager" >&2; exit 1; }
     if [[ -f "$PID" ]] && kill -0 "$(cat "$PID")" 2>/dev/null; then exit 0; fi
-    kubectl apply --server-side -f "$ROOT/crds/" >/dev/null
+    kubectl apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
     kubectl apply --server-side -f "$ROOT/config/rbac/manager.yaml" >/dev/null
     "$ROOT/e2e/cluster/cluster.sh" kubeconfig berth-system berth-manager "$STATE/manager.kubeconfig"
     KUBECONFIG="$STATE/manager.kubeconfig" setsid "$BIN" >"$LOG" 2>&1 < /dev/null &

@@ -190,6 +190,9 @@ pub struct InplaceSetStatus {
     /// Pods at the update revision that are Ready.
     #[serde(default)]
     pub updated_ready_replicas: i32,
+    /// Pods that will run the update revision when the rollout completes: replicas minus the partition.
+    #[serde(default)]
+    pub expected_updated_replicas: i32,
     /// Revision of the pods not yet updated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,

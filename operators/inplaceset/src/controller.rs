@@ -150,7 +150,7 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         return Err(e);
     }
     // Work in flight is re-observed through the pod watch; this is the safety net.
-    let busy = !plan.actions.is_empty() || observed.pods.iter().any(|p| !p.available());
+    let busy = !plan.actions.is_empty() || observed.pods.iter().any(|p| !observed.available(p));
     Ok(Requeue::requeue(Duration::from_secs(if busy { 5 } else { 300 })))
 }
 

@@ -6,7 +6,7 @@ use berth_api::{InplaceSetSpec, keys};
 use berth_inplace::progress::{Progress, progress};
 use k8s_openapi::{
     api::core::v1::{Pod, PodTemplateSpec},
-    jiff::Timestamp,
+    jiff::{SignedDuration, Timestamp},
 };
 
 /// A pod as the planner needs it.
@@ -17,6 +17,8 @@ pub struct PodView {
     /// Its `controller-revision-hash` label.
     pub revision: Option<String>,
     pub ready: bool,
+    /// When it last became Ready.
+    pub ready_since: Option<Timestamp>,
     /// Its [`keys::INPLACE_UPDATE_READY`] readiness-gate condition is True.
     pub gate_open: bool,
     pub terminating: bool,
@@ -36,17 +38,19 @@ impl PodView {
             .and_then(|s| s.parse::<i32>().ok())
             .filter(|o| *o >= 0)
             .ok_or_else(|| format!("pod {name}: no ordinal in label {} or name {set}-<ordinal>", keys::POD_INDEX))?;
-        let condition = |type_: &str| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+        let find = |type_: &str| {
+            pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == type_))
         };
+        let condition = |type_: &str| find(type_).is_some_and(|c| c.status == "True");
         Ok(Self {
             name,
             ordinal,
             revision: labels.get(keys::CONTROLLER_REVISION_HASH).cloned(),
             ready: condition("Ready"),
+            ready_since: find("Ready")
+                .filter(|c| c.status == "True")
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             gate_open: condition(keys::INPLACE_UPDATE_READY),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             progress: progress(pod).map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
@@ -54,7 +58,7 @@ impl PodView {
     }
 
     /// Serving: Ready, not on its way out, not mid-update.
-    pub fn available(&self) -> bool {
+    pub fn serving(&self) -> bool {
         self.ready && !self.terminating && matches!(self.progress, Progress::Idle)
     }
 }
@@ -67,6 +71,7 @@ pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
         ordinal,
         revision: Some(revision.into()),
         ready,
+        ready_since: Some(Timestamp::UNIX_EPOCH),
         gate_open: true,
         terminating: false,
         progress: Progress::Idle,
@@ -86,4 +91,12 @@ pub struct Observed {
     /// Revision name → template, for every revision a pod still runs.
     pub templates: BTreeMap<String, PodTemplateSpec>,
     pub now: Timestamp,
+}
+
+impl Observed {
+    /// Available: serving for at least `minReadySeconds`.
+    pub fn available(&self, pod: &PodView) -> bool {
+        let min_ready = SignedDuration::from_secs(self.spec.min_ready_seconds.unwrap_or(0).max(0).into());
+        pod.serving() && pod.ready_since.is_none_or(|since| self.now.duration_since(since) >= min_ready)
+    }
 }

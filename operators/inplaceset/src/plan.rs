@@ -122,7 +122,7 @@ fn plan_updates(
     out: &mut Plan,
 ) {
     let in_range = |ordinal: i32| (0..replicas).contains(&ordinal);
-    let present_unavailable = by_ordinal.iter().filter(|(o, p)| in_range(**o) && !p.available()).count() as i32;
+    let present_unavailable = by_ordinal.iter().filter(|(ord, p)| in_range(**ord) && !o.available(p)).count() as i32;
     let missing = (0..replicas).filter(|o| !by_ordinal.contains_key(o)).count() as i32;
     let mut budget = max_unavailable - present_unavailable - missing;
     let Some(new_template) = o.templates.get(&o.update_revision) else {
@@ -136,7 +136,7 @@ fn plan_updates(
     });
     for pod in candidates {
         // An unavailable pod is already counted; updating it costs nothing more.
-        if pod.available() {
+        if o.available(pod) {
             if budget <= 0 {
                 continue;
             }
@@ -150,7 +150,7 @@ fn plan_updates(
         let action = match (update, o.spec.update_strategy.type_) {
             (UpdatePlan::Recreate(reasons), UpdateStrategyType::InPlaceOnly) => {
                 out.blocked.push(Blocked::NotInPlace { name, reasons });
-                if pod.available() {
+                if o.available(pod) {
                     budget += 1;
                 }
                 continue;

@@ -247,3 +247,13 @@ fn a_closed_gate_on_an_idle_pod_is_opened() {
     pods[1].terminating = true;
     assert_eq!(summary(&plan(&observed(spec(2, json!({})), pods))), ["open-gate web-0"]);
 }
+
+#[test]
+fn pods_ready_for_less_than_min_ready_seconds_are_not_yet_available() {
+    let mut pods = ready_pods(3, "r1");
+    pods[0].ready_since = Some(at("2026-11-22T09:59:55Z")); // ready 5 s before `now`
+    let p = plan(&observed(spec(3, json!({"minReadySeconds": 10})), pods.clone()));
+    assert_eq!(summary(&p), ["in-place web-0@r2"], "web-0 counts as unavailable: the budget only covers it");
+    let p = plan(&observed(spec(3, json!({"minReadySeconds": 3})), pods));
+    assert_eq!(summary(&p), ["in-place web-2@r2"]);
+}

@@ -72,9 +72,11 @@ pub fn status(
         observed_generation: generation,
         replicas,
         ready_replicas,
-        available_replicas: count(&|p| p.available()),
+        available_replicas: count(&|p| o.available(p)),
         updated_replicas,
-        updated_ready_replicas: count(&|p| updated(p) && p.available()),
+        updated_ready_replicas: count(&|p| updated(p) && p.serving()),
+        expected_updated_replicas: o.spec.replicas
+            - crate::scaled::resolve(o.spec.update_strategy.partition.as_ref(), o.spec.replicas, 0).unwrap_or(0),
         current_revision,
         update_revision: Some(o.update_revision.clone()),
         collision_count: previous.and_then(|s| s.collision_count),
@@ -152,6 +154,7 @@ mod tests {
         assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas, s.updated_ready_replicas), (3, 2, 2, 1));
         assert_eq!(s.current_revision.as_deref(), Some("r1"));
         assert_eq!(s.update_revision.as_deref(), Some("r2"));
+        assert_eq!(s.expected_updated_replicas, 3, "no partition");
         assert_eq!(s.label_selector.as_deref(), Some("app=web,tier in (a,b)"));
         assert_eq!(s.observed_generation, Some(4));
         assert_eq!(find(&s, "Progressing").status, "True");
