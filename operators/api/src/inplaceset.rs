@@ -102,6 +102,16 @@ pub struct InplaceSetSpec {
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
 
+    /// Numbering of the pods. Pods are named `<set>-<ordinal>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinals: Option<Ordinals>,
+
+    /// Ordinals never used: the set skips them and takes the next ones, so
+    /// `replicas` pods still run. Adding a running pod's ordinal here removes
+    /// that pod (and starts one at the next free ordinal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserve_ordinals: Vec<i32>,
+
     /// Seconds a new or updated pod must be Ready before it counts as available. Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -115,6 +125,25 @@ pub struct InplaceSetSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Numbering of the pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ordinals {
+    /// The first ordinal. Defaults to 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub start: i32,
+}
+
+impl InplaceSetSpec {
+    /// The ordinals `replicas` pods run at: from `ordinals.start` up,
+    /// skipping `reserveOrdinals`. The partition counts positions in this list.
+    pub fn ordinals(&self) -> Vec<i32> {
+        let start = self.ordinals.as_ref().map_or(0, |o| o.start.max(0));
+        (start..).filter(|o| !self.reserve_ordinals.contains(o)).take(self.replicas.max(0) as usize).collect()
+    }
 }
 
 /// Order in which pods are created and deleted.
@@ -137,7 +166,7 @@ pub struct UpdateStrategy {
     #[serde(default, rename = "type")]
     pub type_: UpdateStrategyType,
 
-    /// Pods with an ordinal below the partition keep the old revision: a count, or a percent
+    /// The first `partition` pods in ordinal order keep the old revision: a count, or a percent
     /// of replicas (a percent below 100% never rounds down to zero updated pods). Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
@@ -208,4 +237,28 @@ pub struct InplaceSetStatus {
     /// Progressing, Available, Paused, FailedCreate, FailedUpdate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(replicas: i32, start: Option<i32>, reserved: Vec<i32>) -> InplaceSetSpec {
+        let mut s: InplaceSetSpec = serde_json::from_value(serde_json::json!({
+            "replicas": replicas, "selector": {}, "template": {}
+        }))
+        .unwrap();
+        s.ordinals = start.map(|start| Ordinals { start });
+        s.reserve_ordinals = reserved;
+        s
+    }
+
+    #[test]
+    fn ordinals_start_at_start_and_skip_reserved_ones() {
+        assert_eq!(spec(3, None, vec![]).ordinals(), [0, 1, 2]);
+        assert_eq!(spec(3, Some(5), vec![]).ordinals(), [5, 6, 7]);
+        assert_eq!(spec(3, None, vec![1, 3]).ordinals(), [0, 2, 4]);
+        assert_eq!(spec(2, Some(10), vec![10]).ordinals(), [11, 12]);
+        assert!(spec(0, None, vec![0]).ordinals().is_empty());
+    }
 }

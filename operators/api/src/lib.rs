@@ -106,7 +106,7 @@ mod tests {
         );
         let crd = serde_json::to_string(&super::crds()[0]).unwrap();
         assert!(crd.contains(
-            "Pods with an ordinal below the partition keep the old revision: a count, or a percent of replicas"
+            "The first `partition` pods in ordinal order keep the old revision: a count, or a percent of replicas"
         ));
     }
 

@@ -77,8 +77,11 @@ pub fn plan(o: &Observed) -> Plan {
         }
     }
 
-    // Scale down: highest ordinal first; OrderedReady one at a time.
-    let excess: Vec<_> = by_ordinal.range(replicas..).rev().map(|(_, p)| *p).collect();
+    // The ordinals the spec wants, in order; the partition counts positions here.
+    let wanted = o.spec.ordinals();
+
+    // Scale down: pods at ordinals not wanted, highest first; OrderedReady one at a time.
+    let excess: Vec<_> = by_ordinal.iter().rev().filter(|(ord, _)| !wanted.contains(ord)).map(|(_, p)| *p).collect();
     if ordered && excess.iter().any(|p| p.terminating) {
         // Wait for the pod on its way out.
     } else {
@@ -88,16 +91,16 @@ pub fn plan(o: &Observed) -> Plan {
     }
 
     // Scale up: missing ordinals; OrderedReady only the lowest, once every lower pod is Ready.
-    for ordinal in 0..replicas {
-        match by_ordinal.get(&ordinal) {
+    for (position, ordinal) in wanted.iter().enumerate() {
+        match by_ordinal.get(ordinal) {
             Some(pod) if ordered && (!pod.ready || pod.terminating) => break,
             Some(_) => continue,
             None => {
                 let revision = match &o.current_revision {
-                    Some(current) if ordinal < partition => current.clone(),
+                    Some(current) if (position as i32) < partition => current.clone(),
                     _ => o.update_revision.clone(),
                 };
-                out.actions.push(Action::Create { ordinal, revision });
+                out.actions.push(Action::Create { ordinal: *ordinal, revision });
                 if ordered {
                     break;
                 }
@@ -106,30 +109,32 @@ pub fn plan(o: &Observed) -> Plan {
     }
 
     if !strategy.paused && strategy.type_ != UpdateStrategyType::OnDelete {
-        plan_updates(o, &by_ordinal, replicas, partition, max_unavailable, &mut out);
+        plan_updates(o, &by_ordinal, &wanted, partition, max_unavailable, &mut out);
     }
     out
 }
 
-/// Rolls pods in [partition, replicas) to the update revision, highest ordinal
-/// first, never letting more than `max_unavailable` pods be unavailable.
+/// Rolls the pods at positions [partition, replicas) of the wanted ordinals to
+/// the update revision, highest first, never letting more than
+/// `max_unavailable` pods be unavailable.
 fn plan_updates(
     o: &Observed,
     by_ordinal: &BTreeMap<i32, &PodView>,
-    replicas: i32,
+    wanted: &[i32],
     partition: i32,
     max_unavailable: i32,
     out: &mut Plan,
 ) {
-    let in_range = |ordinal: i32| (0..replicas).contains(&ordinal);
-    let present_unavailable = by_ordinal.iter().filter(|(ord, p)| in_range(**ord) && !o.available(p)).count() as i32;
-    let missing = (0..replicas).filter(|o| !by_ordinal.contains_key(o)).count() as i32;
+    let present_unavailable =
+        wanted.iter().filter_map(|ord| by_ordinal.get(ord)).filter(|p| !o.available(p)).count() as i32;
+    let missing = wanted.iter().filter(|ord| !by_ordinal.contains_key(ord)).count() as i32;
     let mut budget = max_unavailable - present_unavailable - missing;
     let Some(new_template) = o.templates.get(&o.update_revision) else {
         out.blocked.push(Blocked::InvalidSpec(format!("template of update revision {} not found", o.update_revision)));
         return;
     };
-    let candidates = by_ordinal.range(partition..replicas).rev().map(|(_, p)| *p).filter(|p| {
+    let updatable = wanted.get(partition.max(0) as usize..).unwrap_or_default();
+    let candidates = updatable.iter().rev().filter_map(|ord| by_ordinal.get(ord).copied()).filter(|p| {
         p.revision.as_deref() != Some(o.update_revision.as_str())
             && !p.terminating
             && matches!(p.progress, Progress::Idle)

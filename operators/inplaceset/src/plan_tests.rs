@@ -257,3 +257,24 @@ fn pods_ready_for_less_than_min_ready_seconds_are_not_yet_available() {
     let p = plan(&observed(spec(3, json!({"minReadySeconds": 3})), pods));
     assert_eq!(summary(&p), ["in-place web-2@r2"]);
 }
+
+#[test]
+fn ordinals_start_where_the_spec_says_and_skip_reserved_ones() {
+    let p = plan(&observed(spec(3, json!({"podManagementPolicy": "Parallel", "ordinals": {"start": 5}})), vec![]));
+    assert_eq!(summary(&p), ["create 5@r2", "create 6@r2", "create 7@r2"]);
+
+    // Reserving a running pod's ordinal removes it and starts the next ordinal.
+    let p = plan(&observed(
+        spec(3, json!({"podManagementPolicy": "Parallel", "reserveOrdinals": [1]})),
+        ready_pods(3, "r2"),
+    ));
+    assert_eq!(summary(&p), ["scale-down web-1", "create 3@r2"]);
+}
+
+#[test]
+fn the_partition_counts_positions_among_the_wanted_ordinals() {
+    let pods = vec![pod(0, "r1", true), pod(2, "r1", true), pod(3, "r1", true)];
+    let extra = json!({"reserveOrdinals": [1], "updateStrategy": {"partition": 1, "maxUnavailable": 3}});
+    let p = plan(&observed(spec(3, extra), pods));
+    assert_eq!(summary(&p), ["in-place web-3@r2", "in-place web-2@r2"], "web-0 holds the one kept position");
+}
