@@ -282,3 +282,54 @@ async fn kubectl_scale_through_the_scale_subresource_removes_the_highest_ordinal
     assert_eq!(names, ["web-0", "web-1"]);
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_pre_update_hook_holds_each_pod_until_released() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-hook").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (image_a, image_b) = images();
+    let hook = json!({"podManagementPolicy": "Parallel", "lifecycle": {"preUpdate": {"labels": {"example.com/drain": "pending"}}}});
+    sets.create(&PostParams::default(), &set(2, &image_a, hook)).await?;
+    rolled_out(&sets, 2, Duration::from_secs(120)).await?;
+    let state = |p: &Pod| p.annotations().get(berth_api::keys::LIFECYCLE_STATE).cloned().unwrap_or_default();
+    assert_eq!(state(&pods.get("web-0").await?), "Normal");
+
+    let both = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
+    ]}}}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(both)).await?;
+    for name in ["web-1", "web-0"] {
+        let held = wait_for(&pods, name, Duration::from_secs(60), "held in PreparingUpdate", |p: Option<&Pod>| {
+            p.is_some_and(|p| p.labels().get("example.com/drain").map(String::as_str) == Some("pending"))
+        })
+        .await?;
+        assert_eq!(state(&held), "PreparingUpdate");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let still = pods.get(name).await?;
+        assert_eq!(state(&still), "PreparingUpdate", "{name} waits for the hook");
+        assert_eq!(
+            container(&still, "app").map(|c| c.image_id.clone()),
+            Some(image_a.clone()),
+            "{name} not updated yet"
+        );
+        // Release: what the user's drain controller would do.
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"example.com/drain": null}}})),
+        )
+        .await?;
+        wait_for(&pods, name, Duration::from_secs(60), "updated and Normal", |p: Option<&Pod>| {
+            p.is_some_and(|p| {
+                container(p, "app").is_some_and(|c| c.image_id == images().1)
+                    && p.annotations().get(berth_api::keys::LIFECYCLE_STATE).map(String::as_str) == Some("Normal")
+            })
+        })
+        .await?;
+    }
+    rolled_out(&sets, 2, Duration::from_secs(60)).await?;
+    ns.delete().await
+}

@@ -2,6 +2,8 @@
 //! in place (DESIGN.md §3). The controller arrives with its own issue; these
 //! are the fields it reads, with the descriptions `kubectl explain` prints.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
     api::core::v1::PodTemplateSpec,
     apimachinery::pkg::{
@@ -102,6 +104,10 @@ pub struct InplaceSetSpec {
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
 
+    /// Hooks that hold a pod at points of its life until another party releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+
     /// Numbering of the pods. Pods are named `<set>-<ordinal>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinals: Option<Ordinals>,
@@ -125,6 +131,46 @@ pub struct InplaceSetSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Lifecycle hooks, one per held state of the `berth.dev/lifecycle-state` machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Holds a new pod in PreparingNormal (not Ready) until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_normal: Option<LifecycleHook>,
+    /// Holds a pod chosen for an in-place update in PreparingUpdate, still serving, until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_update: Option<LifecycleHook>,
+    /// Holds an updated pod in Updated until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_update: Option<LifecycleHook>,
+    /// Holds a pod chosen for scale-down in PreparingDelete until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_delete: Option<LifecycleHook>,
+}
+
+/// When a pod enters the hook's state the manager adds these labels and
+/// finalizers to it; the pod stays in that state until all of them are removed
+/// (by the user's own controller, or by hand).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleHook {
+    /// Labels added to the pod; removing (or changing) each releases it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Finalizers added to the pod; removing each releases it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+impl LifecycleHook {
+    /// Whether a pod with these labels and finalizers has been released.
+    pub fn released(&self, labels: &BTreeMap<String, String>, finalizers: &[String]) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) != Some(v))
+            && !self.finalizers.iter().any(|f| finalizers.contains(f))
+    }
 }
 
 /// Numbering of the pods.
@@ -251,6 +297,21 @@ mod tests {
         s.ordinals = start.map(|start| Ordinals { start });
         s.reserve_ordinals = reserved;
         s
+    }
+
+    #[test]
+    fn a_hook_is_released_once_its_labels_and_finalizers_are_gone() {
+        let hook = LifecycleHook {
+            labels: BTreeMap::from([("hold".into(), "yes".into())]),
+            finalizers: vec!["ex.com/drain".into()],
+        };
+        let labels = BTreeMap::from([("hold".to_string(), "yes".to_string())]);
+        let fin = vec!["ex.com/drain".to_string()];
+        assert!(!hook.released(&labels, &fin));
+        assert!(!hook.released(&BTreeMap::new(), &fin));
+        assert!(!hook.released(&labels, &[]));
+        assert!(hook.released(&BTreeMap::from([("hold".into(), "no".into())]), &[]));
+        assert!(LifecycleHook::default().released(&labels, &fin));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use berth_api::{InplaceSet, keys};
+use berth_api::{InplaceSet, inplaceset::LifecycleHook, keys, lifecycle::LifecycleState};
 use berth_inplace::{patch, revision::revision_name};
 use futures::StreamExt;
 use k8s_openapi::{
@@ -39,6 +39,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("InplaceSet {0} has no namespace")]
     NoNamespace(String),
+    #[error("pod {0}: {1}")]
+    Lifecycle(String, berth_api::lifecycle::LifecycleError),
     #[error("ControllerRevision {name}: {reason}")]
     BadRevision { name: String, reason: String },
 }
@@ -216,6 +218,10 @@ async fn execute(
                 &status_patch(patch::readiness_patch(false, "InPlaceUpdating", &message, now)),
             )
             .await?;
+            let pod = pods.get(name).await?;
+            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
+                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
+            }
             start_in_place(pods, name, revision, changes, now).await?;
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
@@ -238,6 +244,11 @@ async fn execute(
             )
             .await?;
             pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
+            let pod = pods.get(name).await?;
+            if lifecycle_of(&pod) == Some(LifecycleState::Updating) {
+                let hook = set.spec.lifecycle.as_ref().and_then(|l| l.post_update.clone());
+                transition(pods, &pod, LifecycleState::Updated, hook.as_ref()).await?;
+            }
             info!(inplaceset = %set.name_any(), pod = %name, "finished in-place update");
             publish(
                 ctx,
@@ -250,6 +261,13 @@ async fn execute(
             )
             .await;
         }
+        Action::Transition { name, to, hook } => {
+            let pod = pods.get(name).await?;
+            transition(pods, &pod, *to, hook.as_ref()).await?;
+            info!(inplaceset = %set.name_any(), pod = %name, to = %to, "lifecycle transition");
+            publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
+                .await;
+        }
         Action::OpenGate { name } => {
             pods.patch_status(
                 name,
@@ -259,6 +277,33 @@ async fn execute(
             .await?;
         }
     }
+    Ok(())
+}
+
+fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {
+    pod.annotations().get(keys::LIFECYCLE_STATE).and_then(|s| s.parse().ok())
+}
+
+/// Moves the pod's lifecycle state (refusing an illegal change) and adds the
+/// hook's labels and finalizers, guarded by the pod's resourceVersion.
+async fn transition(pods: &Api<Pod>, pod: &Pod, to: LifecycleState, hook: Option<&LifecycleHook>) -> Result<(), Error> {
+    let from = lifecycle_of(pod);
+    let from =
+        if from.is_none() && to != LifecycleState::PreparingNormal { Some(LifecycleState::Normal) } else { from };
+    LifecycleState::check_change(from, Some(to)).map_err(|e| Error::Lifecycle(pod.name_any(), e))?;
+    let mut finalizers = pod.finalizers().to_vec();
+    let mut labels = serde_json::Map::new();
+    if let Some(hook) = hook {
+        finalizers.extend(hook.finalizers.iter().filter(|f| !pod.finalizers().contains(f)).cloned());
+        labels.extend(hook.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+    }
+    let patch = json!({"metadata": {
+        "resourceVersion": pod.resource_version(),
+        "annotations": {keys::LIFECYCLE_STATE: to.as_str()},
+        "labels": labels,
+        "finalizers": finalizers,
+    }});
+    pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }
 
@@ -280,7 +325,9 @@ async fn start_in_place(
     let mut current = pods.get(name).await?;
     let planned_from = current.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
     for attempt in 1.. {
-        let start = Patch::Strategic(patch::start_patch(&current, changes, revision, now));
+        let mut start = patch::start_patch(&current, changes, revision, now);
+        start["metadata"]["annotations"][keys::LIFECYCLE_STATE] = json!(LifecycleState::Updating.as_str());
+        let start = Patch::Strategic(start);
         match pods.patch(name, &PatchParams::default(), &start).await {
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
                 current = pods.get(name).await?;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{InplaceSetSpec, keys};
+use berth_api::{InplaceSetSpec, keys, lifecycle::LifecycleState};
 use berth_inplace::progress::{Progress, progress};
 use k8s_openapi::{
     api::core::v1::{Pod, PodTemplateSpec},
@@ -23,6 +23,11 @@ pub struct PodView {
     pub gate_open: bool,
     pub terminating: bool,
     pub progress: Progress,
+    /// Its [`keys::LIFECYCLE_STATE`]; `None` for a pod created without one (treated as Normal).
+    pub lifecycle: Option<LifecycleState>,
+    /// Its labels and finalizers, which lifecycle hooks wait on.
+    pub labels: BTreeMap<String, String>,
+    pub finalizers: Vec<String>,
 }
 
 impl PodView {
@@ -54,7 +59,22 @@ impl PodView {
             gate_open: condition(keys::INPLACE_UPDATE_READY),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             progress: progress(pod).map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
+            lifecycle: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::LIFECYCLE_STATE))
+                .map(|s| s.parse::<LifecycleState>())
+                .transpose()
+                .map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
+            finalizers: pod.metadata.finalizers.clone().unwrap_or_default(),
+            labels,
         })
+    }
+
+    /// Normal in the lifecycle machine: not held by a hook, no update under way.
+    pub fn settled(&self) -> bool {
+        matches!(self.lifecycle, None | Some(LifecycleState::Normal))
     }
 
     /// Serving: Ready, not on its way out, not mid-update.
@@ -75,6 +95,9 @@ pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
         gate_open: true,
         terminating: false,
         progress: Progress::Idle,
+        lifecycle: None,
+        labels: BTreeMap::new(),
+        finalizers: vec![],
     }
 }
 
@@ -97,6 +120,8 @@ impl Observed {
     /// Available: serving for at least `minReadySeconds`.
     pub fn available(&self, pod: &PodView) -> bool {
         let min_ready = SignedDuration::from_secs(self.spec.min_ready_seconds.unwrap_or(0).max(0).into());
-        pod.serving() && pod.ready_since.is_none_or(|since| self.now.duration_since(since) >= min_ready)
+        pod.serving()
+            && pod.settled()
+            && pod.ready_since.is_none_or(|since| self.now.duration_since(since) >= min_ready)
     }
 }

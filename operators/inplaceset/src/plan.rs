@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::inplaceset::{PodManagementPolicy, UpdateStrategyType};
+use berth_api::{
+    inplaceset::{LifecycleHook, PodManagementPolicy, UpdateStrategyType},
+    lifecycle::LifecycleState,
+};
 use berth_inplace::{InPlaceChanges, UpdatePlan, plan_update, progress::Progress};
 use k8s_openapi::jiff::SignedDuration;
 
@@ -26,6 +29,9 @@ pub enum Action {
     /// A pod with no update in flight whose readiness gate is not True (new,
     /// or an update start that failed half way): open it.
     OpenGate { name: String },
+    /// Move the pod's lifecycle state, adding the hook's labels and finalizers
+    /// (which hold it there until someone removes them).
+    Transition { name: String, to: LifecycleState, hook: Option<LifecycleHook> },
 }
 
 /// Why part of the spec is not being carried out; reported as a condition and an Event.
@@ -63,10 +69,24 @@ pub fn plan(o: &Observed) -> Plan {
         by_ordinal.entry(pod.ordinal).or_insert(pod);
     }
 
-    // Finished or stuck in-place updates; gates left closed.
-    for pod in &o.pods {
+    let hooks = o.spec.lifecycle.clone().unwrap_or_default();
+    let released = |pod: &PodView, hook: &Option<LifecycleHook>| {
+        hook.as_ref().is_none_or(|h| h.released(&pod.labels, &pod.finalizers))
+    };
+    // Finished or stuck in-place updates; gates left closed; hooks released.
+    for pod in o.pods.iter().filter(|p| !p.terminating) {
+        let to_normal = match pod.lifecycle {
+            Some(LifecycleState::PreparingNormal) => released(pod, &hooks.pre_normal),
+            Some(LifecycleState::Updated) => {
+                matches!(pod.progress, Progress::Idle) && released(pod, &hooks.post_update)
+            }
+            _ => false,
+        };
+        if to_normal {
+            out.actions.push(Action::Transition { name: pod.name.clone(), to: LifecycleState::Normal, hook: None });
+        }
         match &pod.progress {
-            Progress::Idle if !pod.gate_open && !pod.terminating => {
+            Progress::Idle if !pod.gate_open && pod.lifecycle != Some(LifecycleState::PreparingNormal) => {
                 out.actions.push(Action::OpenGate { name: pod.name.clone() })
             }
             Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
@@ -86,7 +106,19 @@ pub fn plan(o: &Observed) -> Plan {
         // Wait for the pod on its way out.
     } else {
         for pod in excess.iter().filter(|p| !p.terminating).take(if ordered { 1 } else { usize::MAX }) {
-            out.actions.push(Action::ScaleDown { name: pod.name.clone() });
+            let name = pod.name.clone();
+            match (&hooks.pre_delete, pod.lifecycle) {
+                (None, _) => out.actions.push(Action::ScaleDown { name }),
+                (Some(_), Some(LifecycleState::PreparingDelete)) if released(pod, &hooks.pre_delete) => {
+                    out.actions.push(Action::ScaleDown { name })
+                }
+                (Some(_), Some(LifecycleState::PreparingDelete)) => {} // held by the hook
+                (Some(hook), _) => out.actions.push(Action::Transition {
+                    name,
+                    to: LifecycleState::PreparingDelete,
+                    hook: Some(hook.clone()),
+                }),
+            }
         }
     }
 
@@ -134,12 +166,18 @@ fn plan_updates(
         return;
     };
     let updatable = wanted.get(partition.max(0) as usize..).unwrap_or_default();
+    let hooks = o.spec.lifecycle.clone().unwrap_or_default();
     let candidates = updatable.iter().rev().filter_map(|ord| by_ordinal.get(ord).copied()).filter(|p| {
         p.revision.as_deref() != Some(o.update_revision.as_str())
             && !p.terminating
             && matches!(p.progress, Progress::Idle)
+            && (p.settled() || p.lifecycle == Some(LifecycleState::PreparingUpdate))
     });
     for pod in candidates {
+        let preparing = pod.lifecycle == Some(LifecycleState::PreparingUpdate);
+        if preparing && !hooks.pre_update.as_ref().is_none_or(|h| h.released(&pod.labels, &pod.finalizers)) {
+            continue; // held by the preUpdate hook
+        }
         // An unavailable pod is already counted; updating it costs nothing more.
         if o.available(pod) {
             if budget <= 0 {
@@ -163,6 +201,9 @@ fn plan_updates(
             (UpdatePlan::Recreate(reasons), _) => Action::Recreate { name, reasons },
             (UpdatePlan::InPlace(_), UpdateStrategyType::Recreate) => {
                 Action::Recreate { name, reasons: vec!["updateStrategy.type is Recreate".into()] }
+            }
+            (UpdatePlan::InPlace(_), _) if !preparing && hooks.pre_update.is_some() => {
+                Action::Transition { name, to: LifecycleState::PreparingUpdate, hook: hooks.pre_update.clone() }
             }
             (UpdatePlan::InPlace(changes), _) => {
                 Action::StartInPlace { name, revision: o.update_revision.clone(), changes }

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use berth_api::InplaceSetSpec;
+use berth_api::{InplaceSetSpec, lifecycle::LifecycleState};
 use berth_inplace::progress::Progress;
 use k8s_openapi::{api::core::v1::PodTemplateSpec, jiff::Timestamp};
 use serde_json::{Value, json};
@@ -64,6 +64,9 @@ fn summary(p: &Plan) -> Vec<String> {
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
             Action::FinishInPlace { name } => format!("finish {name}"),
             Action::OpenGate { name } => format!("open-gate {name}"),
+            Action::Transition { name, to, hook } => {
+                format!("{name} -> {to}{}", if hook.is_some() { " (hooked)" } else { "" })
+            }
         })
         .collect()
 }
@@ -277,4 +280,76 @@ fn the_partition_counts_positions_among_the_wanted_ordinals() {
     let extra = json!({"reserveOrdinals": [1], "updateStrategy": {"partition": 1, "maxUnavailable": 3}});
     let p = plan(&observed(spec(3, extra), pods));
     assert_eq!(summary(&p), ["in-place web-3@r2", "in-place web-2@r2"], "web-0 holds the one kept position");
+}
+
+fn hooked(hook: &str) -> Value {
+    json!({"lifecycle": {hook: {"labels": {"hold": "yes"}, "finalizers": ["ex.com/drain"]}}})
+}
+
+fn held(mut p: PodView, state: LifecycleState) -> PodView {
+    p.lifecycle = Some(state);
+    p.labels.insert("hold".into(), "yes".into());
+    p
+}
+
+fn in_state(mut p: PodView, state: LifecycleState) -> PodView {
+    p.lifecycle = Some(state);
+    p
+}
+
+#[test]
+fn a_pre_update_hook_holds_the_pod_before_the_update_starts() {
+    let p = plan(&observed(spec(1, hooked("preUpdate")), ready_pods(1, "r1")));
+    assert_eq!(summary(&p), ["web-0 -> PreparingUpdate (hooked)"]);
+    let p =
+        plan(&observed(spec(1, hooked("preUpdate")), vec![held(pod(0, "r1", true), LifecycleState::PreparingUpdate)]));
+    assert!(summary(&p).is_empty(), "held by the label");
+    let mut finalizer_only = in_state(pod(0, "r1", true), LifecycleState::PreparingUpdate);
+    finalizer_only.finalizers.push("ex.com/drain".into());
+    assert!(
+        summary(&plan(&observed(spec(1, hooked("preUpdate")), vec![finalizer_only]))).is_empty(),
+        "held by the finalizer"
+    );
+    let p = plan(&observed(
+        spec(1, hooked("preUpdate")),
+        vec![in_state(pod(0, "r1", true), LifecycleState::PreparingUpdate)],
+    ));
+    assert_eq!(summary(&p), ["in-place web-0@r2"], "released");
+}
+
+#[test]
+fn a_pod_held_before_its_update_counts_against_max_unavailable() {
+    let mut pods = ready_pods(3, "r1");
+    pods[2] = held(pods[2].clone(), LifecycleState::PreparingUpdate);
+    let p = plan(&observed(spec(3, hooked("preUpdate")), pods));
+    assert!(summary(&p).is_empty(), "web-2 holds the only slot");
+}
+
+#[test]
+fn a_post_update_hook_holds_the_pod_in_updated() {
+    let p = plan(&observed(spec(1, hooked("postUpdate")), vec![held(pod(0, "r2", true), LifecycleState::Updated)]));
+    assert!(summary(&p).is_empty());
+    let p = plan(&observed(spec(1, hooked("postUpdate")), vec![in_state(pod(0, "r2", true), LifecycleState::Updated)]));
+    assert_eq!(summary(&p), ["web-0 -> Normal"]);
+    let p = plan(&observed(spec(1, json!({})), vec![in_state(pod(0, "r2", true), LifecycleState::Updated)]));
+    assert_eq!(summary(&p), ["web-0 -> Normal"], "no hook: straight on");
+}
+
+#[test]
+fn a_pre_delete_hook_holds_the_pod_before_scale_down() {
+    let p = plan(&observed(spec(1, hooked("preDelete")), ready_pods(2, "r2")));
+    assert_eq!(summary(&p), ["web-1 -> PreparingDelete (hooked)"]);
+    let pods = vec![pod(0, "r2", true), held(pod(1, "r2", true), LifecycleState::PreparingDelete)];
+    assert!(summary(&plan(&observed(spec(1, hooked("preDelete")), pods))).is_empty());
+    let pods = vec![pod(0, "r2", true), in_state(pod(1, "r2", true), LifecycleState::PreparingDelete)];
+    assert_eq!(summary(&plan(&observed(spec(1, hooked("preDelete")), pods))), ["scale-down web-1"]);
+}
+
+#[test]
+fn a_pre_normal_hook_keeps_the_gate_closed_until_released() {
+    let mut new = held(pod(0, "r2", false), LifecycleState::PreparingNormal);
+    new.gate_open = false;
+    assert!(summary(&plan(&observed(spec(1, hooked("preNormal")), vec![new.clone()]))).is_empty());
+    new.labels.clear();
+    assert_eq!(summary(&plan(&observed(spec(1, hooked("preNormal")), vec![new]))), ["web-0 -> Normal"]);
 }

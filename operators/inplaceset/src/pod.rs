@@ -16,6 +16,16 @@ pub fn new_pod(set: &InplaceSet, ordinal: i32, revision: &str, template: &PodTem
     labels.insert(keys::CONTROLLER_REVISION_HASH.into(), revision.into());
     labels.insert(keys::POD_INDEX.into(), ordinal.to_string());
     labels.insert(keys::INPLACESET_NAME.into(), set.name_any());
+    // A preNormal hook holds the new pod (not Ready) until released.
+    let pre_normal = set.spec.lifecycle.as_ref().and_then(|l| l.pre_normal.as_ref());
+    if let Some(hook) = pre_normal {
+        labels.extend(hook.labels.clone());
+        metadata.finalizers.get_or_insert_with(Vec::new).extend(hook.finalizers.clone());
+    }
+    metadata.annotations.get_or_insert_with(BTreeMap::new).insert(
+        keys::LIFECYCLE_STATE.into(),
+        berth_api::lifecycle::LifecycleState::initial(pre_normal.is_some()).as_str().into(),
+    );
     metadata.name = Some(name.clone());
     metadata.generate_name = None;
     metadata.namespace = set.namespace();
