@@ -212,16 +212,18 @@ async fn execute(
         }
         Action::StartInPlace { name, revision, changes } => {
             let message = format!("updating in place to {revision}");
+            // Lifecycle first: closing the gate makes the kubelet rewrite the
+            // pod's status, which would race this resourceVersion-guarded write.
+            let pod = pods.get(name).await?;
+            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
+                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
+            }
             pods.patch_status(
                 name,
                 &PatchParams::default(),
                 &status_patch(patch::readiness_patch(false, "InPlaceUpdating", &message, now)),
             )
             .await?;
-            let pod = pods.get(name).await?;
-            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
-                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
-            }
             start_in_place(pods, name, revision, changes, now).await?;
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
