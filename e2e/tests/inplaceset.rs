@@ -333,3 +333,40 @@ async fn a_pre_update_hook_holds_each_pod_until_released() -> Result<()> {
     rolled_out(&sets, 2, Duration::from_secs(60)).await?;
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_grace_period_drains_the_pod_before_its_containers_change() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-grace").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let (image_a, image_b) = images();
+    let graced = json!({"updateStrategy": {"inPlaceUpdateStrategy": {"gracePeriodSeconds": 4}}});
+    sets.create(&PostParams::default(), &set(1, &image_a, graced)).await?;
+    rolled_out(&sets, 1, Duration::from_secs(120)).await?;
+
+    let both = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
+    ]}}}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(both)).await?;
+    wait_for(&pods, "web-0", Duration::from_secs(60), "out of endpoints", |p: Option<&Pod>| {
+        p.is_some_and(|p| !ready(p))
+    })
+    .await?;
+    let closed_at = std::time::Instant::now();
+    let spec_image = |p: &Pod| p.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(spec_image(&pods.get("web-0").await?), Some(image_a.clone()), "containers unchanged while draining");
+    wait_for(&pods, "web-0", Duration::from_secs(60), "image changed", |p: Option<&Pod>| {
+        p.is_some_and(|p| spec_image(p).as_deref() == Some(images().1.as_str()))
+    })
+    .await?;
+    assert!(
+        closed_at.elapsed() >= Duration::from_secs(3),
+        "changed after {:?}, before the grace period",
+        closed_at.elapsed()
+    );
+    rolled_out(&sets, 1, Duration::from_secs(60)).await?;
+    ns.delete().await
+}

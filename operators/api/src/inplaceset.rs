@@ -227,6 +227,21 @@ pub struct UpdateStrategy {
     /// Stops the rollout where it is; pods already updated stay updated.
     #[serde(default)]
     pub paused: bool,
+
+    /// How in-place updates are carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place_update_strategy: Option<InPlaceUpdateStrategy>,
+}
+
+/// How in-place updates are carried out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceUpdateStrategy {
+    /// Seconds between taking a pod out of Service endpoints (its readiness gate goes False)
+    /// and changing its containers, so that connections drain. Defaults to 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub grace_period_seconds: i32,
 }
 
 /// How a pod moves to a new revision.

@@ -263,6 +263,20 @@ async fn execute(
             )
             .await;
         }
+        Action::CloseGate { name } => {
+            let pod = pods.get(name).await?;
+            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
+                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
+            }
+            let message = "leaving Service endpoints ahead of an in-place update";
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &status_patch(patch::readiness_patch(false, "InPlaceUpdatePending", message, now)),
+            )
+            .await?;
+            info!(inplaceset = %set.name_any(), pod = %name, "closed readiness gate; update starts after the grace period");
+        }
         Action::Transition { name, to, hook } => {
             let pod = pods.get(name).await?;
             transition(pods, &pod, *to, hook.as_ref()).await?;

@@ -21,6 +21,8 @@ pub struct PodView {
     pub ready_since: Option<Timestamp>,
     /// Its [`keys::INPLACE_UPDATE_READY`] readiness-gate condition is True.
     pub gate_open: bool,
+    /// When that condition last became False.
+    pub gate_closed_since: Option<Timestamp>,
     pub terminating: bool,
     pub progress: Progress,
     /// Its [`keys::LIFECYCLE_STATE`]; `None` for a pod created without one (treated as Normal).
@@ -57,6 +59,10 @@ impl PodView {
                 .and_then(|c| c.last_transition_time.as_ref())
                 .map(|t| t.0),
             gate_open: condition(keys::INPLACE_UPDATE_READY),
+            gate_closed_since: find(keys::INPLACE_UPDATE_READY)
+                .filter(|c| c.status == "False")
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             progress: progress(pod).map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
             lifecycle: pod
@@ -93,6 +99,7 @@ pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
         ready,
         ready_since: Some(Timestamp::UNIX_EPOCH),
         gate_open: true,
+        gate_closed_since: None,
         terminating: false,
         progress: Progress::Idle,
         lifecycle: None,

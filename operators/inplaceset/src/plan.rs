@@ -22,6 +22,9 @@ pub enum Action {
     ScaleDown { name: String },
     /// Delete a pod so it is created again from the update revision.
     Recreate { name: String, reasons: Vec<String> },
+    /// Take the pod out of endpoints ahead of its update (PreparingUpdate,
+    /// readiness gate False); the update starts after the grace period.
+    CloseGate { name: String },
     /// Readiness gate False, then apply `changes` in place.
     StartInPlace { name: String, revision: String, changes: InPlaceChanges },
     /// The update completed: readiness gate True, state annotation removed.
@@ -73,9 +76,19 @@ pub fn plan(o: &Observed) -> Plan {
     let released = |pod: &PodView, hook: &Option<LifecycleHook>| {
         hook.as_ref().is_none_or(|h| h.released(&pod.labels, &pod.finalizers))
     };
-    // Finished or stuck in-place updates; gates left closed; hooks released.
+    // The ordinals the spec wants, in order; the partition counts positions here.
+    let wanted = o.spec.ordinals();
+    let below_partition =
+        |pod: &PodView| wanted.iter().position(|w| *w == pod.ordinal).is_some_and(|pos| (pos as i32) < partition);
+
+    // Finished or stuck in-place updates; gates left closed; hooks released;
+    // updates cancelled before they began (the target moved back to the pod).
     for pod in o.pods.iter().filter(|p| !p.terminating) {
         let to_normal = match pod.lifecycle {
+            Some(LifecycleState::PreparingUpdate) => {
+                matches!(pod.progress, Progress::Idle)
+                    && (pod.revision.as_deref() == Some(o.update_revision.as_str()) || below_partition(pod))
+            }
             Some(LifecycleState::PreparingNormal) => released(pod, &hooks.pre_normal),
             Some(LifecycleState::Updated) => {
                 matches!(pod.progress, Progress::Idle) && released(pod, &hooks.post_update)
@@ -86,7 +99,13 @@ pub fn plan(o: &Observed) -> Plan {
             out.actions.push(Action::Transition { name: pod.name.clone(), to: LifecycleState::Normal, hook: None });
         }
         match &pod.progress {
-            Progress::Idle if !pod.gate_open && pod.lifecycle != Some(LifecycleState::PreparingNormal) => {
+            Progress::Idle
+                if !pod.gate_open
+                    && !matches!(
+                        pod.lifecycle,
+                        Some(LifecycleState::PreparingNormal | LifecycleState::PreparingUpdate)
+                    ) =>
+            {
                 out.actions.push(Action::OpenGate { name: pod.name.clone() })
             }
             Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
@@ -96,9 +115,6 @@ pub fn plan(o: &Observed) -> Plan {
             _ => {}
         }
     }
-
-    // The ordinals the spec wants, in order; the partition counts positions here.
-    let wanted = o.spec.ordinals();
 
     // Scale down: pods at ordinals not wanted, highest first; OrderedReady one at a time.
     let excess: Vec<_> = by_ordinal.iter().rev().filter(|(ord, _)| !wanted.contains(ord)).map(|(_, p)| *p).collect();
@@ -167,6 +183,9 @@ fn plan_updates(
     };
     let updatable = wanted.get(partition.max(0) as usize..).unwrap_or_default();
     let hooks = o.spec.lifecycle.clone().unwrap_or_default();
+    let grace = SignedDuration::from_secs(
+        o.spec.update_strategy.in_place_update_strategy.as_ref().map_or(0, |s| s.grace_period_seconds.max(0)).into(),
+    );
     let candidates = updatable.iter().rev().filter_map(|ord| by_ordinal.get(ord).copied()).filter(|p| {
         p.revision.as_deref() != Some(o.update_revision.as_str())
             && !p.terminating
@@ -204,6 +223,16 @@ fn plan_updates(
             }
             (UpdatePlan::InPlace(_), _) if !preparing && hooks.pre_update.is_some() => {
                 Action::Transition { name, to: LifecycleState::PreparingUpdate, hook: hooks.pre_update.clone() }
+            }
+            // Out of endpoints first; containers change once the grace period has passed.
+            (UpdatePlan::InPlace(_), _) if grace > SignedDuration::ZERO && (!preparing || pod.gate_open) => {
+                Action::CloseGate { name }
+            }
+            (UpdatePlan::InPlace(_), _)
+                if grace > SignedDuration::ZERO
+                    && pod.gate_closed_since.is_some_and(|since| o.now.duration_since(since) < grace) =>
+            {
+                continue; // draining
             }
             (UpdatePlan::InPlace(changes), _) => {
                 Action::StartInPlace { name, revision: o.update_revision.clone(), changes }

@@ -64,6 +64,7 @@ fn summary(p: &Plan) -> Vec<String> {
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
             Action::FinishInPlace { name } => format!("finish {name}"),
             Action::OpenGate { name } => format!("open-gate {name}"),
+            Action::CloseGate { name } => format!("close-gate {name}"),
             Action::Transition { name, to, hook } => {
                 format!("{name} -> {to}{}", if hook.is_some() { " (hooked)" } else { "" })
             }
@@ -352,4 +353,29 @@ fn a_pre_normal_hook_keeps_the_gate_closed_until_released() {
     assert!(summary(&plan(&observed(spec(1, hooked("preNormal")), vec![new.clone()]))).is_empty());
     new.labels.clear();
     assert_eq!(summary(&plan(&observed(spec(1, hooked("preNormal")), vec![new]))), ["web-0 -> Normal"]);
+}
+
+#[test]
+fn a_grace_period_closes_the_gate_and_waits_before_changing_containers() {
+    let graced = || json!({"updateStrategy": {"inPlaceUpdateStrategy": {"gracePeriodSeconds": 30}}});
+    assert_eq!(summary(&plan(&observed(spec(1, graced()), ready_pods(1, "r1")))), ["close-gate web-0"]);
+
+    let mut draining = in_state(pod(0, "r1", false), LifecycleState::PreparingUpdate);
+    draining.gate_open = false;
+    draining.gate_closed_since = Some(at("2026-11-22T09:59:50Z")); // 10 s before `now`
+    assert!(summary(&plan(&observed(spec(1, graced()), vec![draining.clone()]))).is_empty(), "still draining");
+    draining.gate_closed_since = Some(at("2026-11-22T09:59:00Z"));
+    assert_eq!(summary(&plan(&observed(spec(1, graced()), vec![draining]))), ["in-place web-0@r2"]);
+}
+
+#[test]
+fn an_update_target_moved_back_before_the_update_began_cancels_it() {
+    // Rolled back to what the pod runs, while it waited in PreparingUpdate with its gate closed.
+    let mut waiting = in_state(pod(0, "r2", false), LifecycleState::PreparingUpdate);
+    waiting.gate_open = false;
+    assert_eq!(summary(&plan(&observed(spec(1, json!({})), vec![waiting.clone()]))), ["web-0 -> Normal"]);
+    // Or the partition moved above it.
+    waiting.revision = Some("r1".into());
+    let p = plan(&observed(spec(1, json!({"updateStrategy": {"partition": 1}})), vec![waiting]));
+    assert_eq!(summary(&p), ["web-0 -> Normal"]);
 }
