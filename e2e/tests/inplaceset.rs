@@ -23,6 +23,14 @@ use kube::{
 };
 use serde_json::json;
 
+/// Merge patch setting the app container's image (a merge patch replaces
+/// the containers list, so both containers are sent).
+fn app_image_patch(app: &str) -> serde_json::Value {
+    json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": app}, {"name": "log", "image": images().0}
+    ]}}}})
+}
+
 fn set(replicas: i32, image: &str, extra: serde_json::Value) -> InplaceSet {
     let mut v = json!({
         "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
@@ -99,11 +107,7 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
             }
         })
     };
-    // A merge patch replaces the containers list: send both containers.
-    let full = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
-    ]}}}});
-    sets.patch("web", &PatchParams::default(), &Patch::Merge(&full)).await?;
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(app_image_patch(&image_b))).await?;
     let after_set = rolled_out(&sets, 4, Duration::from_secs(180)).await?;
     done.store(true, Ordering::SeqCst);
     sampler.await?;
@@ -145,12 +149,7 @@ async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
     sets.create(&PostParams::default(), &set(4, &image_a, strategy)).await?;
     rolled_out(&sets, 4, Duration::from_secs(120)).await?;
 
-    let both = |app: &str| {
-        json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "app", "image": app}, {"name": "log", "image": images().0}
-        ]}}}})
-    };
-    sets.patch("web", &PatchParams::default(), &Patch::Merge(both(&image_b))).await?;
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(app_image_patch(&image_b))).await?;
     wait_for(&sets, "web", Duration::from_secs(120), "2 pods updated", |s: Option<&InplaceSet>| {
         s.and_then(|s| Some((s.metadata.generation, s.status.as_ref()?)))
             .is_some_and(|(generation, st)| st.observed_generation == generation && st.updated_ready_replicas == 2)
@@ -297,10 +296,7 @@ async fn a_pre_update_hook_holds_each_pod_until_released() -> Result<()> {
     let state = |p: &Pod| p.annotations().get(berth_api::keys::LIFECYCLE_STATE).cloned().unwrap_or_default();
     assert_eq!(state(&pods.get("web-0").await?), "Normal");
 
-    let both = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
-    ]}}}});
-    sets.patch("web", &PatchParams::default(), &Patch::Merge(both)).await?;
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(app_image_patch(&image_b))).await?;
     for name in ["web-1", "web-0"] {
         let held = wait_for(&pods, name, Duration::from_secs(60), "held in PreparingUpdate", |p: Option<&Pod>| {
             p.is_some_and(|p| p.labels().get("example.com/drain").map(String::as_str) == Some("pending"))
@@ -346,10 +342,7 @@ async fn a_grace_period_drains_the_pod_before_its_containers_change() -> Result<
     sets.create(&PostParams::default(), &set(1, &image_a, graced)).await?;
     rolled_out(&sets, 1, Duration::from_secs(120)).await?;
 
-    let both = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": image_b}, {"name": "log", "image": image_a}
-    ]}}}});
-    sets.patch("web", &PatchParams::default(), &Patch::Merge(both)).await?;
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(app_image_patch(&image_b))).await?;
     wait_for(&pods, "web-0", Duration::from_secs(60), "out of endpoints", |p: Option<&Pod>| {
         p.is_some_and(|p| !ready(p))
     })

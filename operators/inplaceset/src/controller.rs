@@ -164,7 +164,6 @@ async fn execute(
     action: &Action,
 ) -> Result<(), Error> {
     let now = Timestamp::now();
-    let status_patch = |p| Patch::Strategic(p);
     match action {
         Action::Create { ordinal, revision } => {
             let template = templates.get(revision).ok_or_else(|| Error::BadRevision {
@@ -212,18 +211,7 @@ async fn execute(
         }
         Action::StartInPlace { name, revision, changes } => {
             let message = format!("updating in place to {revision}");
-            // Lifecycle first: closing the gate makes the kubelet rewrite the
-            // pod's status, which would race this resourceVersion-guarded write.
-            let pod = pods.get(name).await?;
-            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
-                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
-            }
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &status_patch(patch::readiness_patch(false, "InPlaceUpdating", &message, now)),
-            )
-            .await?;
+            prepare_update(pods, name, "InPlaceUpdating", &message, now).await?;
             start_in_place(pods, name, revision, changes, now).await?;
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
@@ -239,12 +227,7 @@ async fn execute(
             .await;
         }
         Action::FinishInPlace { name } => {
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &status_patch(patch::readiness_patch(true, "InPlaceUpdated", "", now)),
-            )
-            .await?;
+            set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
             pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
             let pod = pods.get(name).await?;
             if lifecycle_of(&pod) == Some(LifecycleState::Updating) {
@@ -264,17 +247,8 @@ async fn execute(
             .await;
         }
         Action::CloseGate { name } => {
-            let pod = pods.get(name).await?;
-            if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
-                transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
-            }
             let message = "leaving Service endpoints ahead of an in-place update";
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &status_patch(patch::readiness_patch(false, "InPlaceUpdatePending", message, now)),
-            )
-            .await?;
+            prepare_update(pods, name, "InPlaceUpdatePending", message, now).await?;
             info!(inplaceset = %set.name_any(), pod = %name, "closed readiness gate; update starts after the grace period");
         }
         Action::Transition { name, to, hook } => {
@@ -284,16 +258,34 @@ async fn execute(
             publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
                 .await;
         }
-        Action::OpenGate { name } => {
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &status_patch(patch::readiness_patch(true, "Ready", "", now)),
-            )
-            .await?;
-        }
+        Action::OpenGate { name } => set_gate(pods, name, true, "Ready", "", now).await?,
     }
     Ok(())
+}
+
+/// Sets the pod's in-place readiness gate condition.
+async fn set_gate(
+    pods: &Api<Pod>,
+    name: &str,
+    open: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let condition = Patch::Strategic(patch::readiness_patch(open, reason, message, now));
+    pods.patch_status(name, &PatchParams::default(), &condition).await?;
+    Ok(())
+}
+
+/// Moves a Normal pod to PreparingUpdate, then closes its gate. Lifecycle
+/// first: closing the gate makes the kubelet rewrite the pod's status, which
+/// would race the resourceVersion-guarded lifecycle write.
+async fn prepare_update(pods: &Api<Pod>, name: &str, reason: &str, message: &str, now: Timestamp) -> Result<(), Error> {
+    let pod = pods.get(name).await?;
+    if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
+        transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
+    }
+    set_gate(pods, name, false, reason, message, now).await
 }
 
 fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {
