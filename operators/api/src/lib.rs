@@ -11,6 +11,7 @@ pub mod inplaceset;
 pub mod keys;
 pub mod lifecycle;
 pub mod resize;
+pub mod selector;
 pub mod sidecarset;
 
 pub use inplaceset::{InplaceSet, InplaceSetSpec, InplaceSetStatus};
@@ -28,7 +29,7 @@ use serde_json::Value;
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![
-        compact(InplaceSet::crd(), &["spec.template"]),
+        compact(InplaceSet::crd(), &["spec.template", "spec.volumeClaimTemplates"]),
         compact(SidecarSet::crd(), &["spec.containers", "spec.initContainers", "spec.volumes"]),
     ]
 }

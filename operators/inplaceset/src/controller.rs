@@ -4,13 +4,17 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use berth_api::{InplaceSet, inplaceset::LifecycleHook, keys, lifecycle::LifecycleState};
-use berth_inplace::{patch, revision::revision_name};
+use berth_api::{
+    InplaceSet,
+    inplaceset::{RolloutStatus, claim_ordinal},
+    keys,
+};
+use berth_inplace::revision::revision_name;
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::ControllerRevision,
-        core::v1::{ObjectReference, Pod, PodTemplateSpec},
+        core::v1::{ObjectReference, PersistentVolumeClaim, Pod, PodTemplateSpec},
     },
     apimachinery::pkg::runtime::RawExtension,
     jiff::Timestamp,
@@ -29,7 +33,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{Action, Observed, PodView, history, pod::new_pod, status};
+use crate::{Action, Observed, PodView, execute::execute, history, observed::ClaimView, status};
 
 pub const FIELD_MANAGER: &str = "berth-manager";
 
@@ -43,11 +47,14 @@ pub enum Error {
     Lifecycle(String, berth_api::lifecycle::LifecycleError),
     #[error("ControllerRevision {name}: {reason}")]
     BadRevision { name: String, reason: String },
+    #[error("spec.volumeClaimTemplates has no template named {0:?}")]
+    BadClaimTemplate(String),
 }
 
 pub struct Context {
-    client: Client,
+    pub(crate) client: Client,
     pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
     recorder: Recorder,
 }
 
@@ -61,8 +68,24 @@ pub async fn run(client: Client) {
         .modify(|p| p.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
+    // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
+    let (claims, claims_writer) = reflector::store();
+    let claim_stream = watcher(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default().labels(keys::INPLACESET_NAME),
+    )
+    .default_backoff()
+    .modify(|c| c.managed_fields_mut().clear())
+    .reflect(claims_writer)
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(claim_stream);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Context { client: client.clone(), pods, recorder: Recorder::new(client.clone(), reporter) });
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context { client: client.clone(), pods, claims: claims.clone(), recorder });
+    if claims.wait_until_ready().await.is_err() {
+        warn!("claim cache never became ready");
+        return;
+    }
     Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
         .owns_stream(pod_stream)
         .shutdown_on_signal()
@@ -111,30 +134,43 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
             Err(e) => warn!(inplaceset = %name, error = %e, "ignoring pod"),
         }
     }
+    let previous = set.status.clone().unwrap_or_default();
     let observed = Observed {
         name: name.clone(),
         spec: set.spec.clone(),
         pods,
         update_revision: update_revision.clone(),
-        current_revision: set.status.as_ref().and_then(|s| s.current_revision.clone()),
+        current_revision: previous.current_revision.clone(),
         templates: templates.clone(),
+        claims: claims_of(&ctx, &set, &ns),
+        previous,
         now: Timestamp::now(),
     };
     let plan = crate::plan(&observed);
 
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut first_error = None;
+    let mut failed_creates = Vec::new();
     for action in &plan.actions {
         if let Err(e) = execute(&ctx, &set, &pods_api, &templates, action).await {
             warn!(inplaceset = %name, ?action, error = %e, "action failed");
+            if let Action::Create { ordinal, .. } | Action::CreateClaim { ordinal, .. } = action {
+                let failure = format!("{name}-{ordinal}: {e}");
+                publish(&ctx, &set, None, EventType::Warning, "FailedCreate", "Create", failure.clone()).await;
+                failed_creates.push(failure);
+            }
             first_error.get_or_insert(e);
         }
     }
     for blocked in &plan.blocked {
         publish(&ctx, &set, None, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
     }
+    report_rollout(&ctx, &set, observed.previous.rollout.as_ref(), plan.rollout.as_ref()).await;
 
-    let in_use = observed.pods.iter().filter_map(|p| p.revision.clone()).collect();
+    let mut in_use: std::collections::BTreeSet<String> =
+        observed.pods.iter().filter_map(|p| p.revision.clone()).collect();
+    in_use.extend(observed.current_revision.clone());
+    in_use.extend(plan.rollout.as_ref().and_then(|r| r.rolled_back_to.clone()));
     let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
     for old in history::prune(&revision_numbers, &in_use, &update_revision, set.spec.revision_history_limit) {
         match revisions.delete(&old, &DeleteParams::default()).await {
@@ -143,7 +179,14 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         }
     }
 
-    let new_status = status::status(&observed, &plan, set.metadata.generation, set.status.as_ref());
+    let new_status = status::status(&observed, &plan, set.metadata.generation, &failed_creates);
+    let was_stalled =
+        set.status.iter().flat_map(|s| &s.conditions).any(|c| c.reason == status::PROGRESS_DEADLINE_EXCEEDED);
+    let stalled = new_status.conditions.iter().find(|c| c.reason == status::PROGRESS_DEADLINE_EXCEEDED);
+    if let (false, Some(c)) = (was_stalled, stalled) {
+        publish(&ctx, &set, None, EventType::Warning, status::PROGRESS_DEADLINE_EXCEEDED, "Update", c.message.clone())
+            .await;
+    }
     let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
     let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
     sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await?;
@@ -153,200 +196,55 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     }
     // Work in flight is re-observed through the pod watch; this is the safety net.
     let busy = !plan.actions.is_empty() || observed.pods.iter().any(|p| !observed.available(p));
-    Ok(Requeue::requeue(Duration::from_secs(if busy { 5 } else { 300 })))
+    let mut after = Duration::from_secs(if busy { 5 } else { 300 });
+    if let Some(pause) = plan.requeue_after.and_then(|d| Duration::try_from(d).ok()) {
+        after = after.min(pause + Duration::from_millis(100));
+    }
+    Ok(Requeue::requeue(after))
 }
 
-async fn execute(
+/// The set's claims from the claim cache.
+fn claims_of(ctx: &Context, set: &InplaceSet, ns: &str) -> Vec<ClaimView> {
+    let name = set.name_any();
+    let templates: Vec<&str> =
+        set.spec.volume_claim_templates.iter().filter_map(|t| t.metadata.name.as_deref()).collect();
+    ctx.claims
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns) && c.labels().get(keys::INPLACESET_NAME) == Some(&name))
+        .filter_map(|c| {
+            let claim = c.name_any();
+            let ordinal = templates.iter().find_map(|t| claim_ordinal(&claim, t, &name))?;
+            Some(ClaimView {
+                ordinal,
+                owned_by_set: c.owner_references().iter().any(|o| Some(&o.uid) == set.uid().as_ref()),
+                terminating: c.metadata.deletion_timestamp.is_some(),
+                name: claim,
+            })
+        })
+        .collect()
+}
+
+/// Events for rollout plan state changes (a batch done, paused, failed, rolled back).
+async fn report_rollout(
     ctx: &Context,
     set: &InplaceSet,
-    pods: &Api<Pod>,
-    templates: &BTreeMap<String, PodTemplateSpec>,
-    action: &Action,
-) -> Result<(), Error> {
-    let now = Timestamp::now();
-    match action {
-        Action::Create { ordinal, revision } => {
-            let template = templates.get(revision).ok_or_else(|| Error::BadRevision {
-                name: revision.clone(),
-                reason: "not found for a pod to create".into(),
-            })?;
-            let pod = new_pod(set, *ordinal, revision, template);
-            match pods.create(&PostParams::default(), &pod).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()), // already created; the cache lags
-                // The namespace is going away (its pods before the set): nothing to do.
-                Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-            let name = pod.name_any();
-            info!(inplaceset = %set.name_any(), pod = %name, %revision, "created pod");
-            publish(
-                ctx,
-                set,
-                Some(&name),
-                EventType::Normal,
-                "SuccessfulCreate",
-                "Create",
-                format!("created pod {name}"),
-            )
-            .await;
-        }
-        Action::ScaleDown { name } | Action::Recreate { name, .. } => {
-            pods.delete(name, &DeleteParams::default()).await?;
-            let why = match action {
-                Action::Recreate { reasons, .. } => format!("recreate for the update revision: {}", reasons.join(", ")),
-                _ => "scale down".to_string(),
-            };
-            info!(inplaceset = %set.name_any(), pod = %name, %why, "deleted pod");
-            publish(
-                ctx,
-                set,
-                Some(name),
-                EventType::Normal,
-                "SuccessfulDelete",
-                "Delete",
-                format!("deleted pod {name}: {why}"),
-            )
-            .await;
-        }
-        Action::StartInPlace { name, revision, changes } => {
-            let message = format!("updating in place to {revision}");
-            prepare_update(pods, name, "InPlaceUpdating", &message, now).await?;
-            start_in_place(pods, name, revision, changes, now).await?;
-            let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
-            info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
-            publish(
-                ctx,
-                set,
-                Some(name),
-                EventType::Normal,
-                "InPlaceUpdateStarted",
-                "Update",
-                format!("{name}: {message} ({})", images.join(", ")),
-            )
-            .await;
-        }
-        Action::FinishInPlace { name } => {
-            set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
-            pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
-            let pod = pods.get(name).await?;
-            if lifecycle_of(&pod) == Some(LifecycleState::Updating) {
-                let hook = set.spec.lifecycle.as_ref().and_then(|l| l.post_update.clone());
-                transition(pods, &pod, LifecycleState::Updated, hook.as_ref()).await?;
-            }
-            info!(inplaceset = %set.name_any(), pod = %name, "finished in-place update");
-            publish(
-                ctx,
-                set,
-                Some(name),
-                EventType::Normal,
-                "InPlaceUpdateDone",
-                "Update",
-                format!("{name} updated in place"),
-            )
-            .await;
-        }
-        Action::CloseGate { name } => {
-            let message = "leaving Service endpoints ahead of an in-place update";
-            prepare_update(pods, name, "InPlaceUpdatePending", message, now).await?;
-            info!(inplaceset = %set.name_any(), pod = %name, "closed readiness gate; update starts after the grace period");
-        }
-        Action::Transition { name, to, hook } => {
-            let pod = pods.get(name).await?;
-            transition(pods, &pod, *to, hook.as_ref()).await?;
-            info!(inplaceset = %set.name_any(), pod = %name, to = %to, "lifecycle transition");
-            publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
-                .await;
-        }
-        Action::OpenGate { name } => set_gate(pods, name, true, "Ready", "", now).await?,
+    before: Option<&RolloutStatus>,
+    after: Option<&RolloutStatus>,
+) {
+    let Some(after) = after else { return };
+    let key = |r: &RolloutStatus| (r.revision.clone(), r.current_batch, r.state.clone());
+    if before.map(key) == Some(key(after)) {
+        return;
     }
-    Ok(())
-}
-
-/// Sets the pod's in-place readiness gate condition.
-async fn set_gate(
-    pods: &Api<Pod>,
-    name: &str,
-    open: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let condition = Patch::Strategic(patch::readiness_patch(open, reason, message, now));
-    pods.patch_status(name, &PatchParams::default(), &condition).await?;
-    Ok(())
-}
-
-/// Moves a Normal pod to PreparingUpdate, then closes its gate. Lifecycle
-/// first: closing the gate makes the kubelet rewrite the pod's status, which
-/// would race the resourceVersion-guarded lifecycle write.
-async fn prepare_update(pods: &Api<Pod>, name: &str, reason: &str, message: &str, now: Timestamp) -> Result<(), Error> {
-    let pod = pods.get(name).await?;
-    if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
-        transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
+    let failed = matches!(after.state.as_str(), crate::plan::rollout::FAILED | crate::plan::rollout::ROLLED_BACK);
+    let type_ = if failed { EventType::Warning } else { EventType::Normal };
+    let mut note = format!("rollout to {}: batch {} {}", after.revision, after.current_batch, after.state);
+    if let Some(message) = &after.message {
+        note = format!("{note}: {message}");
     }
-    set_gate(pods, name, false, reason, message, now).await
-}
-
-fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {
-    pod.annotations().get(keys::LIFECYCLE_STATE).and_then(|s| s.parse().ok())
-}
-
-/// Moves the pod's lifecycle state (refusing an illegal change) and adds the
-/// hook's labels and finalizers, guarded by the pod's resourceVersion.
-async fn transition(pods: &Api<Pod>, pod: &Pod, to: LifecycleState, hook: Option<&LifecycleHook>) -> Result<(), Error> {
-    let from = lifecycle_of(pod);
-    let from =
-        if from.is_none() && to != LifecycleState::PreparingNormal { Some(LifecycleState::Normal) } else { from };
-    LifecycleState::check_change(from, Some(to)).map_err(|e| Error::Lifecycle(pod.name_any(), e))?;
-    let mut finalizers = pod.finalizers().to_vec();
-    let mut labels = serde_json::Map::new();
-    if let Some(hook) = hook {
-        finalizers.extend(hook.finalizers.iter().filter(|f| !pod.finalizers().contains(f)).cloned());
-        labels.extend(hook.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
-    }
-    let patch = json!({"metadata": {
-        "resourceVersion": pod.resource_version(),
-        "annotations": {keys::LIFECYCLE_STATE: to.as_str()},
-        "labels": labels,
-        "finalizers": finalizers,
-    }});
-    pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-    Ok(())
-}
-
-fn namespace_terminating(status: &kube::core::Status) -> bool {
-    status.code == 403
-        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
-/// Sends the start patch. The kubelet rewrites the pod's status as the gate
-/// closes, so the first try can meet a newer resourceVersion: re-read and
-/// retry while the pod is still at the revision the plan saw.
-async fn start_in_place(
-    pods: &Api<Pod>,
-    name: &str,
-    revision: &str,
-    changes: &berth_inplace::InPlaceChanges,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let mut current = pods.get(name).await?;
-    let planned_from = current.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
-    for attempt in 1.. {
-        let mut start = patch::start_patch(&current, changes, revision, now);
-        start["metadata"]["annotations"][keys::LIFECYCLE_STATE] = json!(LifecycleState::Updating.as_str());
-        let start = Patch::Strategic(start);
-        match pods.patch(name, &PatchParams::default(), &start).await {
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
-                current = pods.get(name).await?;
-                if current.labels().get(keys::CONTROLLER_REVISION_HASH) != planned_from.as_ref() {
-                    return Ok(()); // someone else moved it; the next pass re-plans
-                }
-            }
-            result => return result.map(|_| ()).map_err(Error::from),
-        }
-    }
-    unreachable!("the loop returns")
+    info!(inplaceset = %set.name_any(), batch = after.current_batch, state = %after.state, "rollout plan");
+    publish(ctx, set, None, type_, &format!("Rollout{}", after.state), "Rollout", note).await;
 }
 
 /// Lists the set's ControllerRevisions (revision name → template) and
@@ -403,7 +301,7 @@ async fn ensure_revisions(
 
 /// Records an Event on the set; `pod` names the pod it concerns (Events are
 /// aggregated per reason and related object, so each pod keeps its own).
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     set: &InplaceSet,
     pod: Option<&str>,

@@ -3,6 +3,7 @@
 //! pods toward the spec; the executor (with the manager) only carries them out.
 
 pub mod controller;
+mod execute;
 pub mod history;
 pub mod observed;
 pub mod plan;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{InplaceSetSpec, keys, lifecycle::LifecycleState};
+use berth_api::{InplaceSetSpec, InplaceSetStatus, keys, lifecycle::LifecycleState};
 use berth_inplace::progress::{Progress, progress};
 use k8s_openapi::{
     api::core::v1::{Pod, PodTemplateSpec},
@@ -30,6 +30,12 @@ pub struct PodView {
     /// Its labels and finalizers, which lifecycle hooks wait on.
     pub labels: BTreeMap<String, String>,
     pub finalizers: Vec<String>,
+    /// The node it is bound to.
+    pub node: Option<String>,
+    /// Phase Failed: it will not run again where it is.
+    pub failed: bool,
+    /// Since when it has been Failed, or unschedulable.
+    pub stuck_since: Option<Timestamp>,
 }
 
 impl PodView {
@@ -75,6 +81,9 @@ impl PodView {
                 .map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("")))?,
             finalizers: pod.metadata.finalizers.clone().unwrap_or_default(),
             labels,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            failed: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"),
+            stuck_since: stuck_since(pod),
         })
     }
 
@@ -87,6 +96,23 @@ impl PodView {
     pub fn serving(&self) -> bool {
         self.ready && !self.terminating && matches!(self.progress, Progress::Idle)
     }
+}
+
+/// Since when the pod has been Failed (its Ready condition's last change, else
+/// its start) or unschedulable (its PodScheduled=False/Unschedulable condition).
+fn stuck_since(pod: &Pod) -> Option<Timestamp> {
+    let status = pod.status.as_ref()?;
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let since =
+        |type_: &str| conditions.iter().find(|c| c.type_ == type_).and_then(|c| c.last_transition_time.as_ref());
+    if status.phase.as_deref() == Some("Failed") {
+        return since("Ready").or(status.start_time.as_ref()).map(|t| t.0).or(Some(Timestamp::UNIX_EPOCH));
+    }
+    conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
 }
 
 /// A ready, idle pod view for tests.
@@ -105,7 +131,21 @@ pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
         lifecycle: None,
         labels: BTreeMap::new(),
         finalizers: vec![],
+        node: Some("node-a".into()),
+        failed: false,
+        stuck_since: None,
     }
+}
+
+/// A PersistentVolumeClaim of the set, as the planner needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimView {
+    pub name: String,
+    /// Ordinal of the pod it belongs to.
+    pub ordinal: i32,
+    /// It has an owner reference to the set (so it goes when the set goes).
+    pub owned_by_set: bool,
+    pub terminating: bool,
 }
 
 /// Everything one planning pass reads.
@@ -120,6 +160,10 @@ pub struct Observed {
     pub current_revision: Option<String>,
     /// Revision name → template, for every revision a pod still runs.
     pub templates: BTreeMap<String, PodTemplateSpec>,
+    /// Claims created from volumeClaimTemplates.
+    pub claims: Vec<ClaimView>,
+    /// The status last written: rollout progress, retries, condition times.
+    pub previous: InplaceSetStatus,
     pub now: Timestamp,
 }
 

@@ -22,6 +22,19 @@ pub fn resolve(value: Option<&IntOrString>, total: i32, default: i32) -> Result<
     Ok(n.min(total.max(0)))
 }
 
+/// Like [`resolve`], but a percent rounds up (so 1% of any replicas is at
+/// least one pod); `None` gives 0.
+pub fn resolve_up(value: Option<&IntOrString>, total: i32) -> Result<i32, String> {
+    match value {
+        Some(IntOrString::String(s)) => {
+            let down = resolve(value, total, 0)?;
+            let exact = s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()).unwrap_or(0) * i64::from(total);
+            Ok(if exact % 100 == 0 { down } else { down + 1 }.min(total.max(0)))
+        }
+        _ => resolve(value, total, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +55,17 @@ mod tests {
         for total in 1..50 {
             assert!(resolve(Some(&s("99%")), total, 0).unwrap() < total, "{total}");
         }
+    }
+
+    #[test]
+    fn rounding_up_never_gives_zero_for_a_positive_percent() {
+        assert_eq!(resolve_up(Some(&s("1%")), 10), Ok(1));
+        assert_eq!(resolve_up(Some(&s("25%")), 10), Ok(3));
+        assert_eq!(resolve_up(Some(&s("50%")), 10), Ok(5));
+        assert_eq!(resolve_up(Some(&s("0%")), 10), Ok(0));
+        assert_eq!(resolve_up(Some(&IntOrString::Int(4)), 3), Ok(3));
+        assert_eq!(resolve_up(None, 3), Ok(0));
+        assert!(resolve_up(Some(&s("x%")), 3).is_err());
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! The InplaceSet status a planning pass reports. Pure.
 
 use berth_api::InplaceSetStatus;
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::SignedDuration};
 
-use crate::{Blocked, Observed, plan::Plan};
+use crate::{
+    Blocked, Observed,
+    plan::{Plan, rollout},
+};
 
-/// Status after observing `o` and planning `plan`. Conditions keep their
-/// last transition time from `previous` while their status is unchanged.
-pub fn status(
-    o: &Observed,
-    plan: &Plan,
-    generation: Option<i64>,
-    previous: Option<&InplaceSetStatus>,
-) -> InplaceSetStatus {
+/// Status after observing `o` and planning `plan`; `failed_creates` are the
+/// errors the executor met creating pods. Conditions keep their last
+/// transition time from the previous status while their status is unchanged.
+pub fn status(o: &Observed, plan: &Plan, generation: Option<i64>, failed_creates: &[String]) -> InplaceSetStatus {
+    let previous = &o.previous;
     let pods: Vec<_> = o.pods.iter().filter(|p| !p.terminating).collect();
     let count = |f: &dyn Fn(&&crate::PodView) -> bool| pods.iter().filter(|p| f(p)).count() as i32;
     let updated = |p: &&crate::PodView| p.revision.as_deref() == Some(o.update_revision.as_str());
@@ -24,11 +24,23 @@ pub fn status(
     } else {
         o.current_revision.clone().or(Some(o.update_revision.clone()))
     };
+    let expected_updated_replicas = (o.spec.replicas - plan.partition).max(0);
+    let available_replicas = count(&|p| o.available(p));
+    let rollout_done = updated_replicas >= expected_updated_replicas && replicas == o.spec.replicas;
+
+    // Progress: the revision changed, or more pods updated or available than last time.
+    let now = o.now;
+    let progressed = previous.update_revision.as_deref() != Some(o.update_revision.as_str())
+        || updated_replicas > previous.updated_replicas
+        || available_replicas > previous.available_replicas
+        || previous.last_progress_time.is_none();
+    let last_progress_time = if progressed { Some(now.into()) } else { previous.last_progress_time.clone() };
+    let deadline = SignedDuration::from_secs(o.spec.progress_deadline_seconds.map_or(600, i64::from));
+    let stalled = last_progress_time.as_ref().is_some_and(|t| now.duration_since(t.0) > deadline);
 
     let blocked: Vec<String> = plan.blocked.iter().map(describe).collect();
-    let now = Timestamp::now();
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+        let old = previous.conditions.iter().find(|c| c.type_ == type_);
         let status = if ok { "True" } else { "False" };
         let since = old.filter(|c| c.status == status).map(|c| c.last_transition_time.clone());
         Condition {
@@ -41,6 +53,25 @@ pub fn status(
         }
     };
     let ready_replicas = count(&|p| p.ready);
+    let rollout_state = plan.rollout.as_ref().map(|r| r.state.as_str());
+    let (progressing, reason) = match rollout_state {
+        _ if rollout_done => (false, "RolloutComplete"),
+        _ if o.spec.update_strategy.paused => (false, "Paused"),
+        Some(rollout::FAILED) => (false, "BatchDeadlineExceeded"),
+        Some(rollout::ROLLED_BACK) => (false, "RolledBack"),
+        Some(rollout::PAUSED) => (false, "BatchPaused"),
+        _ if stalled => (false, PROGRESS_DEADLINE_EXCEEDED),
+        _ => (true, "RollingOut"),
+    };
+    let mut progress_message = format!(
+        "{updated_replicas} of {expected_updated_replicas} pods to update are at revision {}",
+        o.update_revision
+    );
+    if let Some(message) = plan.rollout.as_ref().and_then(|r| r.message.as_ref()) {
+        progress_message = format!("{progress_message}; {message}");
+    } else if reason == PROGRESS_DEADLINE_EXCEEDED {
+        progress_message = format!("{progress_message}; no progress for over {}s", deadline.as_secs());
+    }
     let conditions = vec![
         condition(
             "Available",
@@ -48,19 +79,14 @@ pub fn status(
             if ready_replicas >= o.spec.replicas { "AllReplicasReady" } else { "ReplicasNotReady" },
             format!("{ready_replicas} of {} pods are Ready", o.spec.replicas),
         ),
-        condition(
-            "Progressing",
-            !all_updated && !o.spec.update_strategy.paused,
-            if all_updated {
-                "RolloutComplete"
-            } else if o.spec.update_strategy.paused {
-                "Paused"
-            } else {
-                "RollingOut"
-            },
-            format!("{updated_replicas} of {} pods at revision {}", o.spec.replicas, o.update_revision),
-        ),
+        condition("Progressing", progressing, reason, progress_message),
         condition("Paused", o.spec.update_strategy.paused, "UpdateStrategyPaused", String::new()),
+        condition(
+            "FailedCreate",
+            !failed_creates.is_empty(),
+            if failed_creates.is_empty() { "NoFailure" } else { "FailedCreate" },
+            failed_creates.join("; "),
+        ),
         condition(
             "FailedUpdate",
             !blocked.is_empty(),
@@ -72,18 +98,23 @@ pub fn status(
         observed_generation: generation,
         replicas,
         ready_replicas,
-        available_replicas: count(&|p| o.available(p)),
+        available_replicas,
         updated_replicas,
         updated_ready_replicas: count(&|p| updated(p) && p.serving()),
-        expected_updated_replicas: o.spec.replicas
-            - crate::scaled::resolve(o.spec.update_strategy.partition.as_ref(), o.spec.replicas, 0).unwrap_or(0),
+        expected_updated_replicas,
         current_revision,
         update_revision: Some(o.update_revision.clone()),
-        collision_count: previous.and_then(|s| s.collision_count),
+        collision_count: previous.collision_count,
         label_selector: Some(selector_string(o)),
+        last_progress_time,
+        rollout: plan.rollout.clone(),
+        retries: plan.retries.clone(),
         conditions,
     }
 }
+
+/// The Progressing condition's reason when a rollout stalls.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
 /// One line per blocked item, for the condition message and Events.
 pub fn describe(b: &Blocked) -> String {
@@ -95,6 +126,9 @@ pub fn describe(b: &Blocked) -> String {
             "{name}: in-place update not complete after its deadline: {}",
             waiting.iter().map(|(c, why)| format!("{c} {why}")).collect::<Vec<_>>().join(", ")
         ),
+        Blocked::RetriesExhausted { name, attempts } => {
+            format!("{name} is still unschedulable or Failed after {attempts} recreations on other nodes")
+        }
         Blocked::InvalidSpec(message) => message.clone(),
     }
 }
@@ -120,6 +154,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use berth_api::InplaceSetSpec;
+    use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
 
     use super::*;
@@ -139,6 +174,8 @@ mod tests {
             update_revision: "r2".into(),
             current_revision: Some("r1".into()),
             templates: BTreeMap::new(),
+            claims: vec![],
+            previous: InplaceSetStatus::default(),
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -150,7 +187,7 @@ mod tests {
     #[test]
     fn counts_pods_by_readiness_and_revision() {
         let o = observed(vec![pod(0, "r1", true), pod(1, "r2", true), pod(2, "r2", false)]);
-        let s = status(&o, &Plan::default(), Some(4), None);
+        let s = status(&o, &Plan::default(), Some(4), &[]);
         assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas, s.updated_ready_replicas), (3, 2, 2, 1));
         assert_eq!(s.current_revision.as_deref(), Some("r1"));
         assert_eq!(s.update_revision.as_deref(), Some("r2"));
@@ -164,7 +201,7 @@ mod tests {
     #[test]
     fn a_complete_rollout_makes_the_update_revision_current() {
         let o = observed(vec![pod(0, "r2", true), pod(1, "r2", true), pod(2, "r2", true)]);
-        let s = status(&o, &Plan::default(), None, None);
+        let s = status(&o, &Plan::default(), None, &[]);
         assert_eq!(s.current_revision.as_deref(), Some("r2"));
         assert_eq!(find(&s, "Progressing").reason, "RolloutComplete");
         assert_eq!(find(&s, "Available").status, "True");
@@ -179,8 +216,9 @@ mod tests {
                 name: "web-0".into(),
                 reasons: vec!["spec.hostNetwork changed".into()],
             }],
+            ..Plan::default()
         };
-        let s = status(&o, &plan, None, None);
+        let s = status(&o, &plan, None, &[]);
         let c = find(&s, "FailedUpdate");
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "UpdateBlocked"));
         assert_eq!(c.message, "web-0 cannot be updated in place under InPlaceOnly: spec.hostNetwork changed");
@@ -188,13 +226,59 @@ mod tests {
 
     #[test]
     fn an_unchanged_condition_keeps_its_transition_time() {
-        let o = observed(vec![pod(0, "r1", true)]);
-        let first = status(&o, &Plan::default(), None, None);
+        let mut o = observed(vec![pod(0, "r1", true)]);
+        o.now = "2026-11-22T10:00:00Z".parse().unwrap();
+        let first = status(&o, &Plan::default(), None, &[]);
         let mut previous = first.clone();
         for c in &mut previous.conditions {
             c.last_transition_time = Timestamp::UNIX_EPOCH.into();
         }
-        let second = status(&o, &Plan::default(), None, Some(&previous));
+        o.previous = previous;
+        let second = status(&o, &Plan::default(), None, &[]);
         assert_eq!(find(&second, "Available").last_transition_time, Timestamp::UNIX_EPOCH.into());
+    }
+
+    #[test]
+    fn a_rollout_without_progress_past_its_deadline_is_reported() {
+        let mut o = observed(vec![pod(0, "r1", true), pod(1, "r2", true), pod(2, "r2", false)]);
+        o.spec.progress_deadline_seconds = Some(60);
+        o.now = "2026-11-22T10:00:00Z".parse().unwrap();
+        let first = status(&o, &Plan::default(), None, &[]);
+        assert_eq!(first.last_progress_time, Some(o.now.into()), "the first pass counts as progress");
+        o.previous = first;
+        o.now = "2026-11-22T10:00:59Z".parse().unwrap();
+        let within = status(&o, &Plan::default(), None, &[]);
+        assert_eq!(find(&within, "Progressing").reason, "RollingOut");
+        o.previous = within;
+        o.now = "2026-11-22T10:01:01Z".parse().unwrap();
+        let late = status(&o, &Plan::default(), None, &[]);
+        let c = find(&late, "Progressing");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", PROGRESS_DEADLINE_EXCEEDED));
+        assert!(c.message.ends_with("no progress for over 60s"), "{}", c.message);
+        // One more pod available is progress: the clock restarts.
+        o.previous = late;
+        o.pods[2].ready = true;
+        let moving = status(&o, &Plan::default(), None, &[]);
+        assert_eq!(find(&moving, "Progressing").reason, "RollingOut");
+        assert_eq!(moving.last_progress_time, Some(o.now.into()));
+    }
+
+    #[test]
+    fn a_partition_counts_as_complete_once_the_pods_above_it_are_updated() {
+        let o = observed(vec![pod(0, "r1", true), pod(1, "r2", true), pod(2, "r2", true)]);
+        let s = status(&o, &Plan { partition: 1, ..Plan::default() }, None, &[]);
+        assert_eq!(s.expected_updated_replicas, 2);
+        assert_eq!(find(&s, "Progressing").reason, "RolloutComplete");
+        assert_eq!(s.current_revision.as_deref(), Some("r1"), "pods below the partition stay current");
+    }
+
+    #[test]
+    fn failed_creates_surface_in_their_condition() {
+        let o = observed(vec![]);
+        let s = status(&o, &Plan::default(), None, &["web-0: pods \"web-0\" is forbidden: exceeded quota".into()]);
+        let c = find(&s, "FailedCreate");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FailedCreate"));
+        assert!(c.message.contains("exceeded quota"));
+        assert_eq!(find(&status(&o, &Plan::default(), None, &[]), "FailedCreate").status, "False");
     }
 }

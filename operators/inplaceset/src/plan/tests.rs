@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use berth_api::{InplaceSetSpec, lifecycle::LifecycleState};
+use berth_api::{InplaceSetSpec, InplaceSetStatus, lifecycle::LifecycleState};
 use berth_inplace::progress::Progress;
 use k8s_openapi::{api::core::v1::PodTemplateSpec, jiff::Timestamp};
 use serde_json::{Value, json};
@@ -45,6 +45,8 @@ fn observed(spec: InplaceSetSpec, pods: Vec<PodView>) -> Observed {
             ("r2".into(), template("web:2", "1")),
             ("r3".into(), template("web:1", "2")),
         ]),
+        claims: vec![],
+        previous: InplaceSetStatus::default(),
         now: at("2026-11-22T10:00:00Z"),
     }
 }
@@ -58,7 +60,20 @@ fn summary(p: &Plan) -> Vec<String> {
     p.actions
         .iter()
         .map(|a| match a {
-            Action::Create { ordinal, revision } => format!("create {ordinal}@{revision}"),
+            Action::Create { ordinal, revision, avoid_nodes } if avoid_nodes.is_empty() => {
+                format!("create {ordinal}@{revision}")
+            }
+            Action::Create { ordinal, revision, avoid_nodes } => {
+                format!("create {ordinal}@{revision} avoiding {}", avoid_nodes.join(","))
+            }
+            Action::DeleteRequested { name } => format!("delete {name}"),
+            Action::ForgetPodToDelete { name } => format!("forget {name}"),
+            Action::Retry { name, node, attempt } => {
+                format!("retry {name} #{attempt}{}", node.as_ref().map(|n| format!(" off {n}")).unwrap_or_default())
+            }
+            Action::CreateClaim { name, .. } => format!("create-claim {name}"),
+            Action::DeleteClaim { name } => format!("delete-claim {name}"),
+            Action::SetClaimOwner { name, owned } => format!("{} {name}", if *owned { "own" } else { "disown" }),
             Action::ScaleDown { name } => format!("scale-down {name}"),
             Action::Recreate { name, .. } => format!("recreate {name}"),
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),

@@ -2,21 +2,26 @@
 //! in place (DESIGN.md §3). The controller arrives with its own issue; these
 //! are the fields it reads, with the descriptions `kubectl explain` prints.
 
+mod rollout;
+mod storage;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::PodTemplateSpec,
+    api::core::v1::{PersistentVolumeClaim, PodTemplateSpec},
     apimachinery::pkg::{
-        apis::meta::v1::{Condition, LabelSelector},
+        apis::meta::v1::{Condition, LabelSelector, Time},
         util::intstr::IntOrString,
     },
 };
 use kube::{CustomResource, KubeSchema};
+pub use rollout::{Batch, BatchPause, PriorityWeight, RetryPolicy, RolloutPlan, ScaleStrategy, UpdatePriority};
 use serde::{Deserialize, Serialize};
+pub use storage::{ClaimRetention, ClaimRetentionPolicy, claim_name, claim_ordinal, mount_claims};
 
 /// CEL rule for a count-or-percent field: a non-negative integer or "N%" with 0 ≤ N ≤ 100.
-const COUNT_OR_PERCENT: &str = "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')";
-const COUNT_OR_PERCENT_MESSAGE: &str =
+pub(crate) const COUNT_OR_PERCENT: &str = "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')";
+pub(crate) const COUNT_OR_PERCENT_MESSAGE: &str =
     "must be a non-negative integer or a percentage from 0% to 100%, such as 3 or 25%";
 
 /// An ordered set of pods, like a StatefulSet, whose image and metadata changes
@@ -76,6 +81,20 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
         priority = 1,
         description = "Revision the set is rolling to"
     ),
+    printcolumn(
+        name = "Batch",
+        type_ = "integer",
+        json_path = ".status.rollout.currentBatch",
+        priority = 1,
+        description = "Rollout plan batch in progress (0-based)"
+    ),
+    printcolumn(
+        name = "Rollout",
+        type_ = "string",
+        json_path = ".status.rollout.state",
+        priority = 1,
+        description = "Rollout plan state"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +146,36 @@ pub struct InplaceSetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub revision_history_limit: Option<i32>,
+
+    /// Claims each pod gets, named `<claim>-<set>-<ordinal>` and mounted as the volume of the
+    /// claim's name; a pod recreated at its ordinal gets the same claims back. Immutable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.volumeClaimTemplates is immutable"))]
+    pub volume_claim_templates: Vec<PersistentVolumeClaim>,
+
+    /// Whether claims from volumeClaimTemplates are kept when the set is deleted or scaled down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy: Option<ClaimRetentionPolicy>,
+
+    /// Seconds a rollout may go without progress (a pod updated or becoming available) before
+    /// the Progressing condition turns False with reason ProgressDeadlineExceeded. Defaults to 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i32>,
+
+    /// Requests to delete particular pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_strategy: Option<ScaleStrategy>,
+
+    /// Roll out in batches with pauses, and roll back if a batch fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_plan: Option<RolloutPlan>,
+
+    /// Recreate a pod that stays unschedulable or Failed, avoiding the nodes it failed on.
+    /// Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_other_nodes: Option<RetryPolicy>,
 }
 
 fn default_replicas() -> i32 {
@@ -216,17 +265,32 @@ pub struct UpdateStrategy {
     /// of replicas (a percent below 100% never rounds down to zero updated pods). Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
+    #[schemars(extend("maxLength" = 4))]
     pub partition: Option<IntOrString>,
 
     /// Most pods that may be unavailable during an update: a count or a percent of replicas.
     /// Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
+    #[schemars(extend("maxLength" = 4))]
     pub max_unavailable: Option<IntOrString>,
+
+    /// Extra pods allowed above replicas while pods are recreated for an update (not for
+    /// in-place updates, which need none): a count or percent of replicas, rounded up. Surge pods
+    /// run at the update revision at the ordinals after the last one, and are removed once the
+    /// recreated pods are available. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
+    #[schemars(extend("maxLength" = 4))]
+    pub max_surge: Option<IntOrString>,
 
     /// Stops the rollout where it is; pods already updated stay updated.
     #[serde(default)]
     pub paused: bool,
+
+    /// Which pods update first; by default the highest ordinal first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<UpdatePriority>,
 
     /// How in-place updates are carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,9 +359,55 @@ pub struct InplaceSetStatus {
     /// Serialized label selector, for the scale subresource (HPA, kubectl scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
+    /// When the rollout last made progress: a pod updated, or one becoming available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// Where a rollout plan stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Pods recreated on other nodes by retryOnOtherNodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryRecord>,
     /// Progressing, Available, Paused, FailedCreate, FailedUpdate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where a rollout plan stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision this rollout moves to; a new revision starts the plan again.
+    pub revision: String,
+    /// Index (0-based) of the batch in progress or paused after.
+    pub current_batch: i32,
+    /// Progressing, Paused (after a batch), Succeeded, Failed or RolledBack.
+    pub state: String,
+    /// When the current batch started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_started_at: Option<Time>,
+    /// When every pod of the current batch became available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_ready_at: Option<Time>,
+    /// Revision the pods were rolled back to after a failed batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<String>,
+    /// Why the rollout stopped, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One ordinal recreated away from nodes it could not run on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryRecord {
+    /// The pod.
+    pub pod: String,
+    /// Times it was recreated.
+    pub attempts: i32,
+    /// Nodes it is kept off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoided_nodes: Vec<String>,
 }
 
 #[cfg(test)]
