@@ -73,7 +73,12 @@ pub fn step(o: &Observed, replicas: i32) -> Result<Option<RolloutStep>, String> 
                 match &plan.batches[i].pause {
                     _ if i == last => s.state = SUCCEEDED.into(),
                     None => next(&mut s, now),
-                    Some(_) => s.state = PAUSED.into(),
+                    Some(pause) => {
+                        s.state = PAUSED.into();
+                        if !pause.manual {
+                            requeue_after = Some(SignedDuration::from_secs(pause.seconds.unwrap_or(0).max(0).into()));
+                        }
+                    }
                 }
             } else if elapsed(&s.batch_started_at) > deadline {
                 let why = format!(

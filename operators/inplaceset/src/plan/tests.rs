@@ -394,3 +394,6 @@ fn an_update_target_moved_back_before_the_update_began_cancels_it() {
     let p = plan(&observed(spec(1, json!({"updateStrategy": {"partition": 1}})), vec![waiting]));
     assert_eq!(summary(&p), ["web-0 -> Normal"]);
 }
+
+#[path = "policy_tests.rs"]
+mod policy;
