@@ -1,16 +1,19 @@
-//! berth-manager: runs berth's controllers against the cluster in KUBECONFIG
-//! (or the in-cluster service account). Leader election, metrics and the
-//! webhook server join with their issues.
+//! berth-manager: runs berth's controllers and its admission webhook server
+//! against the cluster in KUBECONFIG (or the in-cluster service account).
+//! Leader election and metrics join with their issues.
 
 use clap::Parser;
-use tracing::info;
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Runs berth's controllers (InplaceSet)")]
+#[command(version, about = "Runs berth's controllers (InplaceSet) and admission webhooks")]
 struct Args {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
+
+    #[command(flatten)]
+    webhooks: berth_webhooks::Options,
 }
 
 #[tokio::main]
@@ -27,8 +30,23 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let client = kube::Client::try_default().await?;
-    info!("berth-manager starting: InplaceSet controller");
-    berth_inplaceset::controller::run(client).await;
+    let controllers = berth_inplaceset::controller::run(client.clone());
+    if args.webhooks.disabled {
+        info!("berth-manager starting: InplaceSet controller (webhooks disabled)");
+        controllers.await;
+    } else {
+        info!("berth-manager starting: InplaceSet controller, admission webhooks");
+        // Both run for the life of the process; a webhook failure ends it, so
+        // the apiserver is never left calling a server that is gone.
+        tokio::select! {
+            () = controllers => {}
+            failed = berth_webhooks::run(client, args.webhooks) => {
+                let reason = failed.err().map_or("returned".to_string(), |e| e.to_string());
+                error!("berth-manager stopping: the webhook server failed: {reason}");
+                std::process::exit(1);
+            }
+        }
+    }
     info!("berth-manager stopped");
     Ok(())
 }
