@@ -2,6 +2,8 @@
 //! kube-apiserver: the local cluster `make e2e` starts (E2E_KUBECONFIG is set
 //! to its kubeconfig), or a cluster of the user's choosing.
 
+pub mod inplaceset;
+
 use std::{collections::BTreeMap, fmt::Debug, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};

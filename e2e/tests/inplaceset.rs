@@ -14,7 +14,9 @@ use std::{
 use anyhow::Result;
 use berth_api::InplaceSet;
 use berth_e2e::{
-    TestNamespace, client, container_status as container, images, install_crds, pod_ready as ready, wait_for,
+    TestNamespace, client, container_status as container, images,
+    inplaceset::{app_image_patch, rolled_out, set},
+    install_crds, pod_ready as ready, wait_for,
 };
 use k8s_openapi::api::{apps::v1::ControllerRevision, core::v1::Pod};
 use kube::{
@@ -22,44 +24,6 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-/// Merge patch setting the app container's image (a merge patch replaces
-/// the containers list, so both containers are sent).
-fn app_image_patch(app: &str) -> serde_json::Value {
-    json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": app}, {"name": "log", "image": images().0}
-    ]}}}})
-}
-
-fn set(replicas: i32, image: &str, extra: serde_json::Value) -> InplaceSet {
-    let mut v = json!({
-        "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": image}, {"name": "log", "image": images().0}]}
-            }
-        }
-    });
-    v["spec"].as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-    serde_json::from_value(v).unwrap()
-}
-
-async fn rolled_out(sets: &Api<InplaceSet>, replicas: i32, timeout: Duration) -> Result<InplaceSet> {
-    wait_for(sets, "web", timeout, "rolled out", move |s: Option<&InplaceSet>| {
-        s.and_then(|s| Some((s.metadata.generation, s.status.as_ref()?))).is_some_and(|(generation, st)| {
-            st.observed_generation == generation
-                && st.replicas == replicas
-                && st.updated_ready_replicas == replicas
-                && st.current_revision.is_some()
-                && st.current_revision == st.update_revision
-        })
-    })
-    .await
-}
 
 #[tokio::test]
 async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<()> {
