@@ -189,7 +189,10 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     }
     let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
     let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
-    sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await?;
+    match sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::await_change()), // deleted meanwhile
+        result => result.map(|_| ())?,
+    }
 
     if let Some(e) = first_error {
         return Err(e);

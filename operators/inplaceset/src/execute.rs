@@ -150,7 +150,7 @@ pub async fn execute(
             let claims = claims_api(ctx, set);
             match claims.create(&PostParams::default(), &new_claim(set, spec, *ordinal)).await {
                 Ok(_) => info!(inplaceset = %set.name_any(), claim = %name, "created claim"),
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 409 || namespace_terminating(&s) => {}
                 Err(e) => return Err(e.into()),
             }
         }

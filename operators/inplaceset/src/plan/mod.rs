@@ -176,6 +176,10 @@ pub fn plan(observed: &Observed) -> Plan {
             Some(LifecycleState::Updated) => {
                 matches!(pod.progress, Progress::Idle) && released(pod, &hooks.post_update)
             }
+            // Held for a recreate the target no longer needs (the partition or the template moved back).
+            Some(LifecycleState::PreparingDelete) if wanted.contains(&pod.ordinal) => {
+                pod.revision.as_deref() == Some(o.update_revision.as_str()) || below_partition(pod)
+            }
             _ => false,
         };
         if to_normal {

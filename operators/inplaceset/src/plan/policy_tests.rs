@@ -261,3 +261,22 @@ fn unschedulable_pods_are_retried_after_the_bound_and_records_of_removed_ordinal
     assert_eq!(summary(&p), ["retry web-1 #1"]);
     assert_eq!(p.retries, [RetryRecord { pod: "web-1".into(), attempts: 1, avoided_nodes: vec![] }]);
 }
+
+#[test]
+fn a_recreate_update_goes_through_the_pre_delete_hook() {
+    let hook = json!({"preDelete": {"labels": {"example.com/hold": "true"}}});
+    let s = spec(2, json!({"updateStrategy": {"type": "Recreate"}, "lifecycle": hook}));
+    let p = plan(&observed(s.clone(), ready_pods(2, "r1")));
+    assert_eq!(summary(&p), ["web-1 -> PreparingDelete (hooked)"]);
+    // Held while the label is there; recreated once it is gone.
+    let mut pods = ready_pods(2, "r1");
+    pods[1].lifecycle = Some(LifecycleState::PreparingDelete);
+    pods[1].labels.insert("example.com/hold".into(), "true".into());
+    assert!(summary(&plan(&observed(s.clone(), pods.clone()))).is_empty(), "held; web-0 waits for the budget");
+    pods[1].labels.clear();
+    assert_eq!(summary(&plan(&observed(s.clone(), pods.clone()))), ["recreate web-1"]);
+    // If the partition moves over it before it is released, the delete is cancelled.
+    pods[1].labels.insert("example.com/hold".into(), "true".into());
+    let s = spec(2, json!({"updateStrategy": {"type": "Recreate", "partition": 2}, "lifecycle": hook}));
+    assert_eq!(summary(&plan(&observed(s, pods))), ["web-1 -> Normal"]);
+}

@@ -59,7 +59,8 @@ pub fn plan_updates(
             && !p.terminating
             && !taken.contains(&p.name)
             && matches!(p.progress, Progress::Idle)
-            && (p.settled() || p.lifecycle == Some(LifecycleState::PreparingUpdate))
+            && (p.settled()
+                || matches!(p.lifecycle, Some(LifecycleState::PreparingUpdate | LifecycleState::PreparingDelete)))
     });
     for pod in candidates {
         let preparing = pod.lifecycle == Some(LifecycleState::PreparingUpdate);
@@ -74,6 +75,7 @@ pub fn plan_updates(
             budget -= 1;
         }
         let name = pod.name.clone();
+        let deleting = pod.lifecycle == Some(LifecycleState::PreparingDelete);
         let action = match (diff(o, pod), o.spec.update_strategy.type_) {
             (UpdatePlan::Recreate(reasons), UpdateStrategyType::InPlaceOnly) => {
                 out.blocked.push(Blocked::NotInPlace { name, reasons });
@@ -82,10 +84,20 @@ pub fn plan_updates(
                 }
                 continue;
             }
+            (UpdatePlan::Recreate(_), _) | (UpdatePlan::InPlace(_), UpdateStrategyType::Recreate)
+                if !deleting && hooks.pre_delete.is_some() =>
+            {
+                Action::Transition { name, to: LifecycleState::PreparingDelete, hook: hooks.pre_delete.clone() }
+            }
+            _ if deleting && !hooks.pre_delete.as_ref().is_none_or(|h| h.released(&pod.labels, &pod.finalizers)) => {
+                continue; // held by the preDelete hook
+            }
             (UpdatePlan::Recreate(reasons), _) => Action::Recreate { name, reasons },
             (UpdatePlan::InPlace(_), UpdateStrategyType::Recreate) => {
                 Action::Recreate { name, reasons: vec!["updateStrategy.type is Recreate".into()] }
             }
+            // Marked for deletion, but the change no longer needs it: the cancel is planned elsewhere.
+            _ if deleting => continue,
             (UpdatePlan::InPlace(_), _) if !preparing && hooks.pre_update.is_some() => {
                 Action::Transition { name, to: LifecycleState::PreparingUpdate, hook: hooks.pre_update.clone() }
             }
