@@ -170,3 +170,33 @@ async fn a_pod_that_stays_unschedulable_is_retried_a_bounded_number_of_times() -
     assert!(retried >= 1, "RetryOnOtherNode Events recorded");
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_revision_hash_collision_bumps_collision_count_and_leaves_the_other_revision_alone() -> Result<()> {
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "ips-collide").await?;
+    let sets: Api<InplaceSet> = ns.api();
+    let revisions: Api<ControllerRevision> = ns.api();
+    let web = set(1, &images().0, json!({}));
+    // A revision already holding the name the set's template hashes to, with another template.
+    let taken = berth_inplace::revision::revision_name("web", &web.spec.template, 0);
+    let rogue: ControllerRevision = serde_json::from_value(json!({
+        "metadata": {"name": taken, "labels": {"berth.dev/inplaceset": "web"}},
+        "data": {"template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "x", "image": "x"}]}}},
+        "revision": 1
+    }))?;
+    revisions.create(&PostParams::default(), &rogue).await?;
+    sets.create(&PostParams::default(), &web).await?;
+
+    let s = rolled_out(&sets, 1, Duration::from_secs(90)).await?;
+    let status = s.status.expect("status");
+    assert_eq!(status.collision_count, Some(1));
+    let revision = status.update_revision.expect("update revision");
+    assert_ne!(revision, taken);
+    assert_eq!(revision, berth_inplace::revision::revision_name("web", &web.spec.template, 1));
+    let kept = revisions.get(&taken).await?;
+    assert_eq!(kept.data.0["template"]["metadata"]["labels"]["app"], "other", "the other revision is untouched");
+    ns.delete().await
+}

@@ -47,6 +47,8 @@ pub enum Error {
     Lifecycle(String, berth_api::lifecycle::LifecycleError),
     #[error("ControllerRevision {name}: {reason}")]
     BadRevision { name: String, reason: String },
+    #[error("revision name {0} is taken by another template (hash collision)")]
+    HashCollision(String),
     #[error("spec.volumeClaimTemplates has no template named {0:?}")]
     BadClaimTemplate(String),
 }
@@ -117,7 +119,17 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let client = &ctx.client;
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let update_revision = revision_name(&name, &set.spec.template, collision);
-    let (templates, revision_numbers) = ensure_revisions(client, &set, &ns, &update_revision).await?;
+    let (templates, revision_numbers) = match ensure_revisions(client, &set, &ns, &update_revision).await {
+        Err(Error::HashCollision(taken)) => {
+            warn!(inplaceset = %name, revision = %taken, "revision hash collision; bumping status.collisionCount");
+            // A merge patch: an apply of this one field would drop the rest of the status.
+            let bump = json!({"status": {"collisionCount": collision + 1}});
+            let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
+            sets.patch_status(&name, &PatchParams::default(), &Patch::Merge(bump)).await?;
+            return Ok(Requeue::requeue(Duration::from_millis(100)));
+        }
+        result => result?,
+    };
 
     let uid = set.uid();
     let owned: Vec<Arc<Pod>> = ctx
@@ -278,6 +290,10 @@ async fn ensure_revisions(
             .map_err(|reason| Error::BadRevision { name: name.clone(), reason })?;
         templates.insert(name, template);
     }
+    // Same name, other template: a hash collision; the caller bumps collisionCount.
+    if templates.get(update_revision).is_some_and(|t| *t != set.spec.template) {
+        return Err(Error::HashCollision(update_revision.into()));
+    }
     if !templates.contains_key(update_revision) {
         let revision = ControllerRevision {
             metadata: ObjectMeta {
@@ -291,8 +307,14 @@ async fn ensure_revisions(
             revision: Some(highest + 1),
         };
         match api.create(&PostParams::default(), &revision).await {
-            // 409: another pass created it first; the name is the template's hash.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // 409: another pass created it first (the name is the template's hash), or a collision.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = api.get(update_revision).await?;
+                let same = existing.data.0.get("template").cloned().and_then(|t| serde_json::from_value(t).ok());
+                if same.as_ref() != Some(&set.spec.template) {
+                    return Err(Error::HashCollision(update_revision.into()));
+                }
+            }
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
