@@ -23,14 +23,20 @@ use tracing::{info, warn};
 
 use crate::rule::{AdmissionRule, forbidden};
 
+/// How long a connection may wait for the next request's headers (hyper
+/// counts idle keep-alive time too). Longer than the apiserver's 90 s idle
+/// timeout, so the apiserver always closes first: a POST written to a
+/// connection the server has just closed is not retried, and with
+/// failurePolicy Fail the user's request would be refused.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Bounds on what one request may cost.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Larger request bodies get 413 (the apiserver sends whole objects; 3 MiB
     /// is above etcd's default 1.5 MiB object limit twice over).
     pub max_body_bytes: usize,
-    /// Reading, deciding and answering one request; also bounds the TLS
-    /// handshake and header read, so a slow client cannot hold a connection.
+    /// Reading, deciding and answering one request; also bounds the TLS handshake.
     pub request_timeout: Duration,
 }
 
@@ -193,7 +199,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Arc<Ro
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
             if let Err(e) = served {
