@@ -11,6 +11,9 @@ pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 /// Names the InplaceSet that owns a pod; lets one label selector find a set's pods cheaply.
 pub const INPLACESET_NAME: &str = "berth.dev/inplaceset";
+/// On every pod a berth controller manages (InplaceSet pods, pods with injected
+/// sidecars), value "true": the manager's one shared pod watch selects on it.
+pub const MANAGED: &str = "berth.dev/managed";
 
 // Annotations.
 /// Pod lifecycle state (see [`crate::lifecycle::LifecycleState`]).
@@ -42,6 +45,7 @@ mod tests {
     fn berth_keys_use_the_berth_prefix() {
         for key in [
             INPLACESET_NAME,
+            MANAGED,
             LIFECYCLE_STATE,
             RESIZE,
             RESIZE_STATE,

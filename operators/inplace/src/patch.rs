@@ -30,6 +30,19 @@ pub fn readiness_patch(ready: bool, reason: &str, message: &str, now: Timestamp)
 /// It carries the observed resourceVersion, so it fails (409) if the pod
 /// changed since it was planned.
 pub fn start_patch(pod: &Pod, changes: &InPlaceChanges, revision: &str, now: Timestamp) -> Value {
+    start_patch_labelled(pod, changes, revision, Some(keys::CONTROLLER_REVISION_HASH), now)
+}
+
+/// [`start_patch`] for an update that is not the pod owner's revision (a
+/// sidecar upgrade): `revision_label` names the label carrying `revision`, or
+/// none (the caller records it in `changes.annotations`).
+pub fn start_patch_labelled(
+    pod: &Pod,
+    changes: &InPlaceChanges,
+    revision: &str,
+    revision_label: Option<&str>,
+    now: Timestamp,
+) -> Value {
     let spec = pod.spec.clone().unwrap_or_default();
     let is_init = |name: &str| spec.init_containers.iter().flatten().any(|c| c.name == name);
     let (mut containers, mut init_containers) = (Vec::new(), Vec::new());
@@ -44,7 +57,9 @@ pub fn start_patch(pod: &Pod, changes: &InPlaceChanges, revision: &str, now: Tim
         containers: changes.images.keys().map(|name| (name.clone(), running(pod, name))).collect(),
     };
     let mut labels: Map<String, Value> = changes.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    labels.insert(keys::CONTROLLER_REVISION_HASH.to_string(), json!(revision));
+    if let Some(label) = revision_label {
+        labels.insert(label.to_string(), json!(revision));
+    }
     let mut annotations: Map<String, Value> = changes.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     annotations.insert(keys::INPLACE_UPDATE_STATE.to_string(), json!(state.to_annotation()));
 
