@@ -13,5 +13,6 @@ pub mod diff;
 pub mod patch;
 pub mod progress;
 pub mod revision;
+pub mod scaled;
 
 pub use diff::{InPlaceChanges, UpdatePlan, plan_update};

@@ -8,7 +8,6 @@ pub mod history;
 pub mod observed;
 pub mod plan;
 pub mod pod;
-pub mod scaled;
 pub mod status;
 
 pub use observed::{Observed, PodView};

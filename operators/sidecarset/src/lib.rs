@@ -2,4 +2,5 @@
 //! changed sidecar. Injection and upgrade planning are pure functions; the
 //! webhook (in `berth-webhooks`) and the controller carry them out.
 
+pub mod plan;
 pub mod revision;

@@ -15,7 +15,9 @@ use berth_api::{
 use berth_inplace::{InPlaceChanges, progress::Progress};
 use k8s_openapi::jiff::SignedDuration;
 
-use crate::{Observed, PodView, scaled};
+use berth_inplace::scaled;
+
+use crate::{Observed, PodView};
 
 /// How long an in-place update may take before it is reported as stuck.
 pub const IN_PLACE_DEADLINE: SignedDuration = SignedDuration::from_secs(300);

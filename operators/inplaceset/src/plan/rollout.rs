@@ -3,7 +3,9 @@
 use berth_api::inplaceset::RolloutStatus;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::{Observed, scaled};
+use berth_inplace::scaled;
+
+use crate::Observed;
 
 /// States of [`RolloutStatus::state`].
 pub const PROGRESSING: &str = "Progressing";
