@@ -105,7 +105,7 @@ pub fn status(o: &Observed, plan: &Plan, generation: Option<i64>, failed_creates
         current_revision,
         update_revision: Some(o.update_revision.clone()),
         collision_count: previous.collision_count,
-        label_selector: Some(selector_string(o)),
+        label_selector: Some(berth_api::selector::to_kubectl(&o.spec.selector)),
         last_progress_time,
         rollout: plan.rollout.clone(),
         retries: plan.retries.clone(),
@@ -131,22 +131,6 @@ pub fn describe(b: &Blocked) -> String {
         }
         Blocked::InvalidSpec(message) => message.clone(),
     }
-}
-
-/// The selector as `kubectl` writes it, for the scale subresource.
-fn selector_string(o: &Observed) -> String {
-    let mut parts: Vec<String> =
-        o.spec.selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
-    for e in o.spec.selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
 }
 
 #[cfg(test)]

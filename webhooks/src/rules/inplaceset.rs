@@ -10,8 +10,8 @@ use kube::core::{
     admission::{AdmissionRequest, AdmissionResponse, Operation},
 };
 
-use super::selector::{Requirement, requirements};
 use crate::rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, operations};
+use berth_api::selector::{Requirement, requirements};
 
 /// The checks, in the order their problems are reported.
 const CHECKS: &[fn(&InplaceSetSpec) -> Vec<String>] = &[selector_matches_template];

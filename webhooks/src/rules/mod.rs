@@ -3,7 +3,6 @@
 
 pub mod inplaceset;
 pub mod lifecycle;
-pub mod selector;
 
 use std::sync::Arc;
 
