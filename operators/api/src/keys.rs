@@ -11,6 +11,8 @@ pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 /// Names the InplaceSet that owns a pod; lets one label selector find a set's pods cheaply.
 pub const INPLACESET_NAME: &str = "berth.dev/inplaceset";
+/// Names the SidecarSet a ControllerRevision (in the manager's namespace) belongs to.
+pub const SIDECARSET_NAME: &str = "berth.dev/sidecarset";
 /// On every pod a berth controller manages (InplaceSet pods, pods with injected
 /// sidecars), value "true": the manager's one shared pod watch selects on it.
 pub const MANAGED: &str = "berth.dev/managed";
@@ -46,6 +48,7 @@ mod tests {
         for key in [
             INPLACESET_NAME,
             MANAGED,
+            SIDECARSET_NAME,
             LIFECYCLE_STATE,
             RESIZE,
             RESIZE_STATE,
