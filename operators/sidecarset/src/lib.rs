@@ -2,5 +2,6 @@
 //! changed sidecar. Injection and upgrade planning are pure functions; the
 //! webhook (in `berth-webhooks`) and the controller carry them out.
 
+pub mod inject;
 pub mod plan;
 pub mod revision;
