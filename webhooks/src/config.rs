@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn url_mode_points_each_webhook_at_its_path() {
-        let rules = rules::all("system:serviceaccount:berth-system:berth-manager");
+        let rules = rules::all(&rules::Context::empty("system:serviceaccount:berth-system:berth-manager"));
         let config = validating(&rules, &target(Endpoint::Url { host: "127.0.0.1".into(), port: 9443 }));
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(value["apiVersion"], "admissionregistration.k8s.io/v1");
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn service_mode_names_the_service_and_its_certificate_names() {
         let endpoint = Endpoint::Service { namespace: "berth-system".into(), name: "berth-webhooks".into(), port: 443 };
-        let config = validating(&rules::all("m"), &target(endpoint.clone()));
+        let config = validating(&rules::all(&rules::Context::empty("m")), &target(endpoint.clone()));
         let client = &config.webhooks.unwrap()[1].client_config;
         assert_eq!(client.url, None);
         let service = client.service.as_ref().unwrap();
@@ -246,13 +246,46 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_host_is_bracketed_and_no_mutating_rule_means_no_mutating_webhook() {
+    fn an_ipv6_host_is_bracketed() {
         let t = target(Endpoint::Url { host: "::1".into(), port: 8443 });
-        let config = validating(&rules::all("m"), &t);
+        let config = validating(&rules::all(&rules::Context::empty("m")), &t);
         assert_eq!(
             config.webhooks.unwrap()[0].client_config.url.as_deref(),
             Some("https://[::1]:8443/validate/pod-lifecycle")
         );
-        assert_eq!(mutating(&rules::all("m"), &t).webhooks, Some(vec![]));
+    }
+
+    #[test]
+    fn sidecarsets_are_validated_cluster_scoped_and_pods_injected_outside_system_namespaces() {
+        let t = target(Endpoint::Url { host: "127.0.0.1".into(), port: 9443 });
+        let rules = rules::all(&rules::Context::empty("m"));
+        let validating = serde_json::to_value(validating(&rules, &t)).unwrap();
+        let sets = &validating["webhooks"][2];
+        assert_eq!(sets["name"], "sidecarset.apps.berth.dev");
+        assert_eq!(
+            sets["rules"],
+            json!([{"apiGroups": ["apps.berth.dev"], "apiVersions": ["v1alpha1"], "resources": ["sidecarsets"],
+                    "operations": ["CREATE", "UPDATE"], "scope": "Cluster"}])
+        );
+        let value = serde_json::to_value(mutating(&rules, &t)).unwrap();
+        assert_eq!(value["kind"], "MutatingWebhookConfiguration");
+        assert_eq!(value["metadata"]["name"], MUTATING_NAME);
+        let inject = &value["webhooks"][0];
+        assert_eq!(value["webhooks"].as_array().unwrap().len(), 1);
+        assert_eq!(inject["name"], "sidecar-injection.berth.dev");
+        assert_eq!(inject["clientConfig"]["url"], "https://127.0.0.1:9443/mutate/sidecar-injection");
+        assert_eq!(inject["reinvocationPolicy"], "Never");
+        assert_eq!(inject["failurePolicy"], "Fail");
+        assert_eq!(
+            inject["rules"],
+            json!([{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"], "scope": "Namespaced"}])
+        );
+        assert_eq!(
+            inject["namespaceSelector"],
+            json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                   "values": ["kube-system", "kube-public", "kube-node-lease", "berth-system"]}]})
+        );
+        let reasons = value["metadata"]["annotations"][FAILURE_POLICIES].as_str().unwrap();
+        assert!(reasons.starts_with("sidecar-injection.berth.dev: Fail because a pod admitted without"), "{reasons}");
     }
 }

@@ -2,6 +2,7 @@
 //! rule, its certificate, and the webhook configurations that point the
 //! apiserver at it. The manager calls [`run`] with its [`Options`].
 
+pub mod caches;
 pub mod config;
 pub mod rule;
 pub mod rules;
@@ -39,6 +40,9 @@ pub enum Error {
     #[error("webhook server stopped: {0}")]
     Stopped(String),
 }
+
+/// How long the server waits for its caches before applying the webhook configurations anyway.
+const CACHE_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// The manager's webhook flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -83,6 +87,10 @@ pub struct Options {
         default_value = "system:serviceaccount:berth-system:berth-manager"
     )]
     pub manager_username: String,
+    /// The manager's namespace: SidecarSet revisions (ControllerRevisions) live there, and
+    /// its pods are never sent to the sidecar injection webhook, so the manager can always start.
+    #[arg(long = "manager-namespace", env = "BERTH_MANAGER_NAMESPACE", default_value = "berth-system")]
+    pub manager_namespace: String,
     /// Larger AdmissionReview bodies are refused with 413.
     #[arg(long = "webhook-max-body-bytes", env = "BERTH_WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 << 20)]
     pub max_body_bytes: usize,
@@ -116,7 +124,12 @@ impl Options {
 /// this run's CA); with a certificate directory, applies them with its ca.crt
 /// again whenever it changes, unless the installer owns them.
 pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
-    let rules = rules::all(&opts.manager_username);
+    let caches = caches::Caches::start(&client, &opts.manager_namespace);
+    let rules = rules::all(&rules::Context {
+        manager_username: opts.manager_username.clone(),
+        manager_namespace: opts.manager_namespace.clone(),
+        caches: caches.clone(),
+    });
     let endpoint = opts.endpoint();
     let (resolver, ca_bundle, mut cert_dir) = match &opts.cert_dir {
         Some(dir) => {
@@ -151,6 +164,12 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
         timeout_seconds: opts.apiserver_timeout_seconds,
     };
     let mut applied_ca = None;
+    // Until the caches are loaded the SidecarSet rules refuse (rather than
+    // admit a pod without its sidecars): point the apiserver here after that.
+    if !caches.wait_synced(CACHE_SYNC_WAIT).await {
+        error!(wait = ?CACHE_SYNC_WAIT, "webhook caches not loaded (RBAC for sidecarsets, namespaces, \
+            controllerrevisions?); pods that SidecarSets could select are refused until they are");
+    }
     if !opts.skip_configurations {
         let ca = ca_bundle.ok_or_else(|| {
             Error::Options(format!(

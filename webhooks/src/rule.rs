@@ -96,7 +96,12 @@ pub fn operations(group: &str, version: &str, resources: &[&str], operations: &[
         api_versions: strings(&[version]),
         resources: strings(resources),
         operations: strings(operations),
-        // Namespaced objects only: none of berth's rules judge cluster-scoped ones.
+        // Namespaced objects only; cluster-scoped ones through [`cluster_operations`].
         scope: Some("Namespaced".into()),
     }
+}
+
+/// A rule entry for cluster-scoped `resources` (such as SidecarSets).
+pub fn cluster_operations(group: &str, version: &str, resources: &[&str], ops: &[&str]) -> RuleWithOperations {
+    RuleWithOperations { scope: Some("Cluster".into()), ..operations(group, version, resources, ops) }
 }

@@ -165,6 +165,7 @@ fn log_decision(
         operation = ?req.operation,
         user = req.user_info.username.as_deref().unwrap_or(""),
         allowed = response.allowed,
+        patched = response.patch.is_some(),
         reason = %response.result.message,
         latency_us = latency.as_micros() as u64,
         "admission decision"
@@ -218,7 +219,7 @@ mod tests {
 
     fn router(max_body_bytes: usize) -> Router {
         let limits = Limits { max_body_bytes, request_timeout: Duration::from_secs(10) };
-        Router::new(&rules::all("system:serviceaccount:berth-system:berth-manager"), limits)
+        Router::new(&rules::all(&rules::Context::empty("system:serviceaccount:berth-system:berth-manager")), limits)
     }
 
     async fn call(router: &Router, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
