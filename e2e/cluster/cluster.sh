@@ -30,6 +30,30 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# free_port_range N: the first of N consecutive free ports (hollow kubelets use
+# first..first+N-1), from 20000 up in steps of 1000, so that a second cluster
+# on this host does not take the first one's kubelet ports.
+free_port_range() {
+  python3 - "$1" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for base in range(20000, 65536 - n, 1000):
+    if all(free(p) for p in range(base, base + n)):
+        print(base)
+        sys.exit(0)
+sys.exit("no free range of %d ports" % n)
+PY
+}
+
 # start NAME ARGS...: run a component in the background, its log in $LOGS/NAME.log.
 start() {
   local name="$1"; shift
@@ -213,7 +237,7 @@ cmd_nodes() {
   echo "$count" >"$STATE/$name.count"
   log "$name: $count hollow nodes (hollow-node-$first..$((first + count - 1)))"
   start "$name" hollow-fleet --count "$count" --first-index "$first" \
-    --first-port "$((20000 + first))" \
+    --first-port "$(free_port_range "$count")" \
     --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
     --state-dir "$STATE/nodes" --v 1
   local want=$((first + count))
