@@ -85,8 +85,12 @@ async fn a_batch_plan_stops_at_each_pause_and_a_failed_batch_rolls_back_in_place
     })
     .await?;
     assert_eq!(updated(&s), 3);
-    let done = rolled_out(&sets, 6, Duration::from_secs(120)).await?;
-    assert!(rollout_at(Some(&done), 2, "Succeeded"), "{:?}", done.status);
+    rolled_out(&sets, 6, Duration::from_secs(120)).await?;
+    // The last batch is done once its pods are available too (lifecycle back to Normal).
+    let done = wait_for(&sets, "web", Duration::from_secs(60), "rollout succeeded", |s: Option<&InplaceSet>| {
+        rollout_at(s, 2, "Succeeded")
+    })
+    .await?;
     let revision_b = done.status.as_ref().and_then(|s| s.update_revision.clone()).unwrap_or_default();
     let rolled = pods_by_name(&pods).await?;
     for (name, (uid, node, revision)) in &rolled {

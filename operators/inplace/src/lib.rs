@@ -6,11 +6,16 @@
 //! - [`patch`]: the pod patches that carry an in-place update out.
 //! - [`progress`]: whether a pod's in-place update has completed.
 //! - [`revision`]: the stable hash naming a template revision.
+//! - [`scaled`]: counts given as a number or a percent.
+//! - [`apply`]: the API calls that send the patches; [`pods`]: the one shared
+//!   pod watch (the only I/O here).
 //!
-//! Everything here is pure: objects in, decisions and patches out.
+//! Everything else is pure: objects in, decisions and patches out.
 
+pub mod apply;
 pub mod diff;
 pub mod patch;
+pub mod pods;
 pub mod progress;
 pub mod revision;
 pub mod scaled;

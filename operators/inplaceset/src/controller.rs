@@ -26,7 +26,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ReflectHandle, Store},
         watcher,
     },
 };
@@ -60,16 +60,9 @@ pub struct Context {
     recorder: Recorder,
 }
 
-/// Runs the controller until a shutdown signal.
-pub async fn run(client: Client) {
-    // One pod watch, limited to pods InplaceSets own (they carry the set label).
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let (pods, writer) = reflector::store();
-    let pod_stream = watcher(pods_api, watcher::Config::default().labels(keys::INPLACESET_NAME))
-        .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
+/// Runs the controller until a shutdown signal, reading pods from the
+/// manager's shared pod cache ([`berth_inplace::pods::SharedPods`]).
+pub async fn run(client: Client, pods: Store<Pod>, pod_events: ReflectHandle<Pod>) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
     let (claims, claims_writer) = reflector::store();
     let claim_stream = watcher(
@@ -83,13 +76,14 @@ pub async fn run(client: Client) {
     tokio::spawn(claim_stream);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context { client: client.clone(), pods, claims: claims.clone(), recorder });
-    if claims.wait_until_ready().await.is_err() {
-        warn!("claim cache never became ready");
+    let ctx = Arc::new(Context { client: client.clone(), pods: pods.clone(), claims: claims.clone(), recorder });
+    // Plan only from full caches: an empty one would look like missing pods.
+    if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
+        warn!("pod or claim cache never became ready");
         return;
     }
     Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
-        .owns_stream(pod_stream)
+        .owns_shared_stream(pod_events)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

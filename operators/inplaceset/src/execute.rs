@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use berth_api::{InplaceSet, inplaceset::LifecycleHook, keys, lifecycle::LifecycleState};
-use berth_inplace::patch;
+use berth_inplace::apply;
 use k8s_openapi::{
     api::core::v1::{PersistentVolumeClaim, Pod, PodTemplateSpec},
     jiff::Timestamp,
@@ -78,7 +78,12 @@ pub async fn execute(
         Action::StartInPlace { name, revision, changes } => {
             let message = format!("updating in place to {revision}");
             prepare_update(pods, name, "InPlaceUpdating", &message, now).await?;
-            start_in_place(pods, name, revision, changes, now).await?;
+            // The lifecycle state moves to Updating in the same guarded patch.
+            let mut changes = changes.clone();
+            changes.annotations.insert(keys::LIFECYCLE_STATE.into(), Some(LifecycleState::Updating.as_str().into()));
+            let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
+            let label = Some(keys::CONTROLLER_REVISION_HASH);
+            apply::start(pods, name, revision, label, &changes, revision_of, now).await?;
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
             publish(
@@ -93,8 +98,7 @@ pub async fn execute(
             .await;
         }
         Action::FinishInPlace { name } => {
-            set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
-            pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
+            apply::finish(pods, name, now).await?;
             let pod = pods.get(name).await?;
             if lifecycle_of(&pod) == Some(LifecycleState::Updating) {
                 let hook = set.spec.lifecycle.as_ref().and_then(|l| l.post_update.clone());
@@ -124,7 +128,7 @@ pub async fn execute(
             publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
                 .await;
         }
-        Action::OpenGate { name } => set_gate(pods, name, true, "Ready", "", now).await?,
+        Action::OpenGate { name } => apply::set_gate(pods, name, true, "Ready", "", now).await?,
         Action::DeleteRequested { name } => {
             delete_pod(pods, name).await?;
             forget_pod_to_delete(ctx, set, name).await?;
@@ -219,20 +223,6 @@ async fn forget_pod_to_delete(ctx: &Context, set: &InplaceSet, name: &str) -> Re
     unreachable!("the loop returns")
 }
 
-/// Sets the pod's in-place readiness gate condition.
-async fn set_gate(
-    pods: &Api<Pod>,
-    name: &str,
-    open: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let condition = Patch::Strategic(patch::readiness_patch(open, reason, message, now));
-    pods.patch_status(name, &PatchParams::default(), &condition).await?;
-    Ok(())
-}
-
 /// Moves a Normal pod to PreparingUpdate, then closes its gate. Lifecycle
 /// first: closing the gate makes the kubelet rewrite the pod's status, which
 /// would race the resourceVersion-guarded lifecycle write.
@@ -241,7 +231,7 @@ async fn prepare_update(pods: &Api<Pod>, name: &str, reason: &str, message: &str
     if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
         transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
     }
-    set_gate(pods, name, false, reason, message, now).await
+    Ok(apply::set_gate(pods, name, false, reason, message, now).await?)
 }
 
 fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {
@@ -249,58 +239,37 @@ fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {
 }
 
 /// Moves the pod's lifecycle state (refusing an illegal change) and adds the
-/// hook's labels and finalizers, guarded by the pod's resourceVersion.
+/// hook's labels and finalizers, guarded by the pod's resourceVersion. The
+/// kubelet writes pods often (status after a gate change): on a conflict,
+/// re-read and try again while the move is still legal.
 async fn transition(pods: &Api<Pod>, pod: &Pod, to: LifecycleState, hook: Option<&LifecycleHook>) -> Result<(), Error> {
-    let from = lifecycle_of(pod);
-    let from =
-        if from.is_none() && to != LifecycleState::PreparingNormal { Some(LifecycleState::Normal) } else { from };
-    LifecycleState::check_change(from, Some(to)).map_err(|e| Error::Lifecycle(pod.name_any(), e))?;
-    let mut finalizers = pod.finalizers().to_vec();
-    let mut labels = serde_json::Map::new();
-    if let Some(hook) = hook {
-        finalizers.extend(hook.finalizers.iter().filter(|f| !pod.finalizers().contains(f)).cloned());
-        labels.extend(hook.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+    let mut pod = pod.clone();
+    for attempt in 1.. {
+        let from = lifecycle_of(&pod);
+        let from =
+            if from.is_none() && to != LifecycleState::PreparingNormal { Some(LifecycleState::Normal) } else { from };
+        LifecycleState::check_change(from, Some(to)).map_err(|e| Error::Lifecycle(pod.name_any(), e))?;
+        let mut finalizers = pod.finalizers().to_vec();
+        let mut labels = serde_json::Map::new();
+        if let Some(hook) = hook {
+            finalizers.extend(hook.finalizers.iter().filter(|f| !pod.finalizers().contains(f)).cloned());
+            labels.extend(hook.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": pod.resource_version(),
+            "annotations": {keys::LIFECYCLE_STATE: to.as_str()},
+            "labels": labels,
+            "finalizers": finalizers,
+        }});
+        match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => pod = pods.get(&pod.name_any()).await?,
+            result => return result.map(|_| ()).map_err(Error::from),
+        }
     }
-    let patch = json!({"metadata": {
-        "resourceVersion": pod.resource_version(),
-        "annotations": {keys::LIFECYCLE_STATE: to.as_str()},
-        "labels": labels,
-        "finalizers": finalizers,
-    }});
-    pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-    Ok(())
+    unreachable!("the loop returns")
 }
 
 fn namespace_terminating(status: &kube::core::Status) -> bool {
     status.code == 403
         && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
-/// Sends the start patch. The kubelet rewrites the pod's status as the gate
-/// closes, so the first try can meet a newer resourceVersion: re-read and
-/// retry while the pod is still at the revision the plan saw.
-async fn start_in_place(
-    pods: &Api<Pod>,
-    name: &str,
-    revision: &str,
-    changes: &berth_inplace::InPlaceChanges,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let mut current = pods.get(name).await?;
-    let planned_from = current.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
-    for attempt in 1.. {
-        let mut start = patch::start_patch(&current, changes, revision, now);
-        start["metadata"]["annotations"][keys::LIFECYCLE_STATE] = json!(LifecycleState::Updating.as_str());
-        let start = Patch::Strategic(start);
-        match pods.patch(name, &PatchParams::default(), &start).await {
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
-                current = pods.get(name).await?;
-                if current.labels().get(keys::CONTROLLER_REVISION_HASH) != planned_from.as_ref() {
-                    return Ok(()); // someone else moved it; the next pass re-plans
-                }
-            }
-            result => return result.map(|_| ()).map_err(Error::from),
-        }
-    }
-    unreachable!("the loop returns")
 }

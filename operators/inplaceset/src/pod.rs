@@ -31,6 +31,7 @@ pub fn new_pod(
     labels.insert(keys::CONTROLLER_REVISION_HASH.into(), revision.into());
     labels.insert(keys::POD_INDEX.into(), ordinal.to_string());
     labels.insert(keys::INPLACESET_NAME.into(), set.name_any());
+    labels.insert(keys::MANAGED.into(), "true".into());
     // A preNormal hook holds the new pod (not Ready) until released.
     let pre_normal = set.spec.lifecycle.as_ref().and_then(|l| l.pre_normal.as_ref());
     if let Some(hook) = pre_normal {
@@ -117,6 +118,7 @@ mod tests {
         assert_eq!(labels["controller-revision-hash"], "web-abc");
         assert_eq!(labels["apps.kubernetes.io/pod-index"], "3");
         assert_eq!(labels["berth.dev/inplaceset"], "web");
+        assert_eq!(labels["berth.dev/managed"], "true", "seen by the shared pod watch");
         let owner = &pod.metadata.owner_references.unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("InplaceSet", "u-1", Some(true)));
         let spec = pod.spec.unwrap();

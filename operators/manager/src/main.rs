@@ -30,7 +30,16 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let client = kube::Client::try_default().await?;
-    let controllers = berth_inplaceset::controller::run(client.clone());
+    // One pod watch for every controller.
+    let pods = berth_inplace::pods::SharedPods::default();
+    let inplacesets = berth_inplaceset::controller::run(client.clone(), pods.store(), pods.subscribe());
+    let watch = pods.run(client.clone());
+    let controllers = async {
+        tokio::select! {
+            () = watch => {}
+            () = inplacesets => {}
+        }
+    };
     if args.webhooks.disabled {
         info!("berth-manager starting: InplaceSet controller (webhooks disabled)");
         controllers.await;

@@ -182,6 +182,12 @@ pub fn plan(observed: &Observed) -> Plan {
             Some(LifecycleState::PreparingDelete) if wanted.contains(&pod.ordinal) => {
                 pod.revision.as_deref() == Some(o.update_revision.as_str()) || below_partition(pod)
             }
+            // The finish removed the update state but the move to Updated did not land.
+            Some(LifecycleState::Updating) if matches!(pod.progress, Progress::Idle) => {
+                let hook = hooks.post_update.clone();
+                out.actions.push(Action::Transition { name: pod.name.clone(), to: LifecycleState::Updated, hook });
+                false
+            }
             _ => false,
         };
         if to_normal {

@@ -280,3 +280,11 @@ fn a_recreate_update_goes_through_the_pre_delete_hook() {
     let s = spec(2, json!({"updateStrategy": {"type": "Recreate", "partition": 2}, "lifecycle": hook}));
     assert_eq!(summary(&plan(&observed(s, pods))), ["web-1 -> Normal"]);
 }
+
+#[test]
+fn an_update_finished_half_way_moves_on_to_updated() {
+    let mut pods = ready_pods(2, "r2");
+    pods[1].lifecycle = Some(LifecycleState::Updating);
+    let p = plan(&observed(spec(2, json!({})), pods));
+    assert_eq!(summary(&p), ["web-1 -> Updated"]);
+}
