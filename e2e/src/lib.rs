@@ -3,6 +3,7 @@
 //! to its kubeconfig), or a cluster of the user's choosing.
 
 pub mod inplaceset;
+pub mod sidecarset;
 
 use std::{collections::BTreeMap, fmt::Debug, path::PathBuf, time::Duration};
 

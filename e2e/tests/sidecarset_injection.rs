@@ -21,26 +21,17 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use berth_api::{InplaceSet, SidecarSet, keys, sidecarset::injected_revisions};
-use berth_e2e::{TestNamespace, client, images, install_crds, refusal};
+use berth_e2e::{
+    TestNamespace, client, images, install_crds, refusal,
+    sidecarset::{TEST_LABEL, containers, delete_sets, init_containers, injection_is, sidecarset},
+};
 use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
-
-/// The label each test's pods carry (value: the test's namespace).
-const TEST_LABEL: &str = "e2e-sidecar";
-
-fn sidecarset(name: &str, ns: &str, spec: Value) -> Result<SidecarSet> {
-    let mut spec = spec;
-    spec["selector"] = json!({"matchLabels": {TEST_LABEL: ns}});
-    spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "apps.berth.dev/v1alpha1", "kind": "SidecarSet", "metadata": {"name": name}, "spec": spec
-    }))?)
-}
 
 fn pod(name: &str, ns: &str, app: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -50,38 +41,6 @@ fn pod(name: &str, ns: &str, app: &str) -> Result<Pod> {
                                  "volumeMounts": [{"name": "app-logs", "mountPath": "/var/log/app"}]}],
                  "volumes": [{"name": "app-logs", "emptyDir": {}}]}
     }))?)
-}
-
-fn names(containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>) -> Vec<String> {
-    containers.into_iter().flatten().map(|c| c.name.clone()).collect()
-}
-
-fn containers(p: &Pod) -> Vec<String> {
-    names(p.spec.as_ref().map(|s| &s.containers))
-}
-
-fn init_containers(p: &Pod) -> Vec<String> {
-    names(p.spec.as_ref().and_then(|s| s.init_containers.as_ref()))
-}
-
-/// Waits until a dry-run create of `probe` comes back with (or, `injected`
-/// false, without) container `sidecar`: the webhook is live and its cache
-/// has (or no longer has) the SidecarSet.
-async fn injection_is(pods: &Api<Pod>, probe: &Pod, sidecar: &str, injected: bool) -> Result<()> {
-    let dry_run = PostParams { dry_run: true, ..Default::default() };
-    let mut last = String::new();
-    for _ in 0..150 {
-        match pods.create(&dry_run, probe).await {
-            Ok(p) if containers(&p).iter().any(|c| c == sidecar) == injected => return Ok(()),
-            Ok(p) => last = format!("containers {:?}", containers(&p)),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!(
-        "a dry-run pod never came back {} sidecar {sidecar} (last: {last}): is berth-manager running (e2e/manager.sh up)?",
-        if injected { "with" } else { "without" }
-    )
 }
 
 /// The pods with `app=<app>` in the namespace, once there are `count`.
@@ -95,18 +54,6 @@ async fn pods_of(pods: &Api<Pod>, app: &str, count: usize) -> Result<Vec<Pod>> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("fewer than {count} pods with app={app} after 60s")
-}
-
-/// Deletes the test's SidecarSets (cluster-scoped: the namespace's deletion does not).
-async fn delete_sets(sets: &Api<SidecarSet>, names: &[&str]) -> Result<()> {
-    for name in names {
-        match sets.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// What every injected pod shows: the sidecars in place, the record naming

@@ -6,7 +6,7 @@ use clap::Parser;
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Runs berth's controllers (InplaceSet) and admission webhooks")]
+#[command(version, about = "Runs berth's controllers (InplaceSet, SidecarSet) and admission webhooks")]
 struct Args {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
@@ -33,18 +33,22 @@ async fn main() -> anyhow::Result<()> {
     // One pod watch for every controller.
     let pods = berth_inplace::pods::SharedPods::default();
     let inplacesets = berth_inplaceset::controller::run(client.clone(), pods.store(), pods.subscribe());
+    let namespace = args.webhooks.manager_namespace.clone();
+    let sidecarsets = berth_sidecarset::controller::run(client.clone(), pods.store(), pods.subscribe(), namespace);
     let watch = pods.run(client.clone());
     let controllers = async {
+        // The first to end (a shutdown signal) ends them all.
         tokio::select! {
             () = watch => {}
             () = inplacesets => {}
+            () = sidecarsets => {}
         }
     };
     if args.webhooks.disabled {
-        info!("berth-manager starting: InplaceSet controller (webhooks disabled)");
+        info!("berth-manager starting: InplaceSet and SidecarSet controllers (webhooks disabled)");
         controllers.await;
     } else {
-        info!("berth-manager starting: InplaceSet controller, admission webhooks");
+        info!("berth-manager starting: InplaceSet and SidecarSet controllers, admission webhooks");
         // Both run for the life of the process; a webhook failure ends it, so
         // the apiserver is never left calling a server that is gone.
         tokio::select! {

@@ -35,6 +35,8 @@ pub struct SidecarPod {
     pub has_gate: bool,
     pub terminating: bool,
     pub progress: Progress,
+    /// Owned by an InplaceSet, whose controller opens its gate and closes out its updates.
+    pub in_inplaceset: bool,
 }
 
 impl SidecarPod {
@@ -67,6 +69,7 @@ impl SidecarPod {
             gate_open: condition(keys::INPLACE_UPDATE_READY),
             has_gate: spec.readiness_gates.iter().flatten().any(|g| g.condition_type == keys::INPLACE_UPDATE_READY),
             terminating: meta.deletion_timestamp.is_some(),
+            in_inplaceset: meta.labels.as_ref().is_some_and(|l| l.contains_key(keys::INPLACESET_NAME)),
         }))
     }
 
@@ -121,7 +124,9 @@ pub struct Plan {
 pub fn plan(o: &Observed) -> Plan {
     let mut out = Plan::default();
     let pods: Vec<&SidecarPod> = o.pods.iter().filter(|p| !p.terminating).collect();
-    for pod in &pods {
+    // An InplaceSet's pods have their gate and finished updates handled by it
+    // (a closed gate may be its drain before an update).
+    for pod in pods.iter().filter(|p| !p.in_inplaceset) {
         let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
         match &pod.progress {
             Progress::Done { .. } => out.actions.push(Action::Finish { namespace, name }),
