@@ -56,7 +56,7 @@ async fn a_batch_plan_stops_at_each_pause_and_a_failed_batch_rolls_back_in_place
             {"replicas": "50%", "pause": {"seconds": 5}},
             {"replicas": "100%"}
         ],
-        "batchDeadlineSeconds": 15,
+        "batchDeadlineSeconds": 120,
         "rollbackOnFailure": true
     });
     let extra =
@@ -100,7 +100,9 @@ async fn a_batch_plan_stops_at_each_pause_and_a_failed_batch_rolls_back_in_place
 
     // A batch that never becomes available (minReadySeconds far away) misses its
     // deadline: the updated pod goes back to revision B, in place.
-    let broken = json!({"spec": {"minReadySeconds": 3600, "template": {"spec": {"containers": [
+    // A short deadline for this rollout only.
+    let broken = json!({"spec": {"minReadySeconds": 3600, "rolloutPlan": {"batchDeadlineSeconds": 10},
+        "template": {"spec": {"containers": [
         {"name": "app", "image": image_a}, {"name": "log", "image": images().0}
     ]}}}});
     sets.patch("web", &PatchParams::default(), &Patch::Merge(broken)).await?;
