@@ -73,17 +73,17 @@ lint: ## rustfmt, clippy (warnings are errors), gofmt of the cluster harness
 
 .PHONY: unit
 unit: deps ## unit tests (no cluster)
-	cargo test --workspace --exclude berth-e2e --locked
+	cargo test --workspace --exclude berth-e2e --locked --no-fail-fast
 
 .PHONY: e2e
 e2e: ## e2e suites against the local cluster with berth-manager (started and stopped here), or E2E_KUBECONFIG
 	@if [ -n "$$E2E_KUBECONFIG" ]; then \
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
-	  cargo test --locked -p berth-e2e -- --test-threads 4; \
+	  cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; \
 	else \
 	  cargo build --locked -p berth-manager && \
 	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
-	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e -- --test-threads 4; rc=$$?; \
+	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi
 

@@ -1,34 +1,45 @@
 //! The manager's one pod watch, shared by every controller: pods labelled
 //! [`keys::MANAGED`], trimmed of what no controller reads, in one cache that
-//! each controller reads and subscribes to.
+//! each controller reads, plus a stream of changed pods per controller.
+//!
+//! The fan-out is a broadcast channel rather than kube-runtime's shared
+//! reflector: there, a subscriber that meets an object deleted before it read
+//! it stops being woken (its stream returns Pending with no waker), and its
+//! full buffer then holds back the watch for every controller. Here a
+//! controller that falls behind loses triggers (logged; its periodic
+//! requeue catches up) and never blocks the others; deletions are delivered too.
 
-use futures::StreamExt;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
         WatchStreamExt,
-        reflector::{self, ReflectHandle, Store, store::Writer},
+        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
+use tokio::sync::broadcast;
 
 use berth_api::keys;
 
-/// Events buffered per subscriber before the watch waits for the slowest one.
-const BUFFER: usize = 4096;
+/// Changed pods buffered per subscriber; one further behind loses the oldest.
+const BUFFER: usize = 16384;
 
 /// The shared pod cache: a store to read, subscriptions to react to changes,
 /// and the watch that fills them (run it once).
 pub struct SharedPods {
     store: Store<Pod>,
     writer: Writer<Pod>,
+    changes: broadcast::Sender<Arc<Pod>>,
 }
 
 impl Default for SharedPods {
     fn default() -> Self {
-        let (store, writer) = reflector::store_shared(BUFFER);
-        Self { store, writer }
+        let (store, writer) = reflector::store();
+        Self { store, writer, changes: broadcast::channel(BUFFER).0 }
     }
 }
 
@@ -38,22 +49,37 @@ impl SharedPods {
         self.store.clone()
     }
 
-    /// A stream of the pods that change; every controller takes one.
-    pub fn subscribe(&self) -> ReflectHandle<Pod> {
-        self.writer.subscribe().expect("a shared store has subscribers")
+    /// The pods that change (applied or deleted) from now on; every controller takes one.
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<Pod>> + Send + 'static {
+        futures::stream::unfold(self.changes.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(pod) => return Some((pod, rx)),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "a controller fell behind the pod watch; it catches up on its requeue");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
     }
 
     /// Watches the managed pods until the process ends.
     pub async fn run(self, client: Client) {
         let config = watcher::Config::default().labels(&format!("{}=true", keys::MANAGED));
+        let changes = self.changes;
         watcher(Api::<Pod>::all(client), config)
             .default_backoff()
             .modify(trim)
-            .reflect_shared(self.writer)
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "pod watch error (retrying)");
+            .reflect(self.writer)
+            .touched_objects()
+            .for_each(|event| {
+                match event {
+                    // No subscriber yet is fine: they read the store when they start.
+                    Ok(pod) => drop(changes.send(Arc::new(pod))),
+                    Err(e) => tracing::warn!(error = %e, "pod watch error (retrying)"),
                 }
+                futures::future::ready(())
             })
             .await;
     }
@@ -63,4 +89,51 @@ impl SharedPods {
 fn trim(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
     pod.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> Arc<Pod> {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        Arc::new(p)
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_every_change_and_a_laggard_blocks_no_one() {
+        let shared = SharedPods::default();
+        let (mut a, b) = (Box::pin(shared.subscribe()), Box::pin(shared.subscribe()));
+        for i in 0..3 {
+            shared.changes.send(pod(&format!("p{i}"))).unwrap();
+        }
+        let names = |p: Option<Arc<Pod>>| p.and_then(|p| p.metadata.name.clone()).unwrap();
+        assert_eq!(names(a.next().await), "p0");
+        assert_eq!(names(a.next().await), "p1");
+        assert_eq!(names(a.next().await), "p2");
+        // b reads nothing yet; sending far past its buffer never waits.
+        for i in 3..BUFFER + 10 {
+            shared.changes.send(pod(&format!("p{i}"))).unwrap();
+        }
+        let mut b = b;
+        let first = names(b.next().await);
+        assert_ne!(first, "p0", "b lost the oldest changes and goes on from there");
+        let last = format!("p{}", BUFFER + 9);
+        assert!(
+            b.take(BUFFER).any(|p| futures::future::ready(p.metadata.name.as_deref() == Some(last.as_str()))).await
+        );
+    }
+
+    #[test]
+    fn trimming_drops_managed_fields_and_the_last_applied_copy() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({"metadata": {
+            "name": "a", "managedFields": [{"manager": "kubectl"}],
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"}
+        }}))
+        .unwrap();
+        trim(&mut p);
+        assert!(p.metadata.managed_fields.unwrap_or_default().is_empty());
+        assert_eq!(p.metadata.annotations.unwrap().into_keys().collect::<Vec<_>>(), ["keep"]);
+    }
 }

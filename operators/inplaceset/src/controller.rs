@@ -26,7 +26,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, ReflectHandle, Store},
+        reflector::{self, Store},
         watcher,
     },
 };
@@ -62,7 +62,7 @@ pub struct Context {
 
 /// Runs the controller until a shutdown signal, reading pods from the
 /// manager's shared pod cache ([`berth_inplace::pods::SharedPods`]).
-pub async fn run(client: Client, pods: Store<Pod>, pod_events: ReflectHandle<Pod>) {
+pub async fn run(client: Client, pods: Store<Pod>, pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
     let (claims, claims_writer) = reflector::store();
     let claim_stream = watcher(

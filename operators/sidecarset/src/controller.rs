@@ -26,12 +26,12 @@ use kube::{
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalize, finalizer},
-        reflector::{ObjectRef, ReflectHandle, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     plan::{self, Action, Blocked, Observed, SidecarPod},
@@ -63,7 +63,12 @@ pub struct Context {
 
 /// Runs the controller until a shutdown signal, reading pods from the
 /// manager's shared pod cache; revisions go to `namespace`.
-pub async fn run(client: Client, pods: Store<Pod>, pod_events: ReflectHandle<Pod>, namespace: String) {
+pub async fn run(
+    client: Client,
+    pods: Store<Pod>,
+    pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    namespace: String,
+) {
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
         return;
@@ -128,6 +133,7 @@ fn pods_of(ctx: &Context, name: &str) -> Vec<SidecarPod> {
 
 async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let name = set.name_any();
+    debug!(sidecarset = %name, "reconcile");
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let latest = revision(&name, &set.spec, collision);
     let sets: Api<SidecarSet> = Api::all(ctx.client.clone());
