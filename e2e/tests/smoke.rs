@@ -144,6 +144,16 @@ async fn invalid_inplacesets_are_refused_with_messages_naming_the_field() -> Res
     let (code, message) = refusal(api.patch("fixed", &PatchParams::default(), &Patch::Merge(change)).await)?;
     assert_eq!(code, 422);
     assert!(message.contains("spec.selector is immutable"), "{message}");
+    // So are podManagementPolicy and volumeClaimTemplates.
+    let policy = json!({"spec": {"podManagementPolicy": "Parallel"}});
+    let (code, message) = refusal(api.patch("fixed", &PatchParams::default(), &Patch::Merge(policy)).await)?;
+    assert_eq!(code, 422);
+    assert!(message.contains("spec.podManagementPolicy is immutable"), "{message}");
+    let claims = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    let (code, message) = refusal(api.patch("fixed", &PatchParams::default(), &Patch::Merge(claims)).await)?;
+    assert_eq!(code, 422);
+    assert!(message.contains("spec.volumeClaimTemplates is immutable"), "{message}");
     ns.delete().await
 }
 

@@ -98,6 +98,11 @@ pub(crate) const COUNT_OR_PERCENT_MESSAGE: &str =
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+// A field rule on volumeClaimTemplates runs only when old and new both have it;
+// this one catches adding or removing the list.
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.volumeClaimTemplates) == has(oldSelf.volumeClaimTemplates)"
+).message("spec.volumeClaimTemplates is immutable"))]
 pub struct InplaceSetSpec {
     /// Desired number of pods. Defaults to 1.
     #[serde(default = "default_replicas")]
