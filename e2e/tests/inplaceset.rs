@@ -25,6 +25,9 @@ use kube::{
 };
 use serde_json::json;
 
+/// The ordered, rolled set: 10 pods, as the issue asks.
+const N: i32 = 10;
+
 #[tokio::test]
 async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<()> {
     let client = client().await?;
@@ -34,8 +37,8 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
     let pods: Api<Pod> = ns.api();
     let (image_a, image_b) = images();
 
-    sets.create(&PostParams::default(), &set(4, &image_a, json!({}))).await?;
-    rolled_out(&sets, 4, Duration::from_secs(120)).await?;
+    sets.create(&PostParams::default(), &set(N, &image_a, json!({}))).await?;
+    rolled_out(&sets, N, Duration::from_secs(180)).await?;
     let before: BTreeMap<String, (String, String)> = pods
         .list(&ListParams::default())
         .await?
@@ -48,10 +51,11 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
             )
         })
         .collect();
-    assert_eq!(before.keys().collect::<Vec<_>>(), ["web-0", "web-1", "web-2", "web-3"]);
+    let names: Vec<String> = (0..N).map(|i| format!("web-{i}")).collect();
+    assert_eq!(before.keys().cloned().collect::<std::collections::BTreeSet<_>>(), names.iter().cloned().collect());
     // OrderedReady: each pod was created after the previous one was Ready.
     let mut times = Vec::new();
-    for i in 0..4 {
+    for i in 0..N {
         times.push(pods.get(&format!("web-{i}")).await?.metadata.creation_timestamp.expect("created"));
     }
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "ordinal order: {times:?}");
@@ -64,7 +68,7 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
         tokio::spawn(async move {
             while !done.load(Ordering::SeqCst) {
                 if let Ok(list) = pods.list(&ListParams::default()).await {
-                    let unavailable = 4 - list.items.iter().filter(|p| ready(p)).count();
+                    let unavailable = N as usize - list.items.iter().filter(|p| ready(p)).count().min(N as usize);
                     max_seen.fetch_max(unavailable, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -72,7 +76,7 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
         })
     };
     sets.patch("web", &PatchParams::default(), &Patch::Merge(app_image_patch(&image_b))).await?;
-    let after_set = rolled_out(&sets, 4, Duration::from_secs(180)).await?;
+    let after_set = rolled_out(&sets, N, Duration::from_secs(240)).await?;
     done.store(true, Ordering::SeqCst);
     sampler.await?;
 
@@ -94,6 +98,20 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
             after_set.status.as_ref().unwrap().update_revision.as_ref()
         );
     }
+
+    // Ordered scale down: the highest ordinals go, one at a time.
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}}))).await?;
+    rolled_out(&sets, 7, Duration::from_secs(120)).await?;
+    let mut left = Vec::new();
+    for _ in 0..120 {
+        left = pods.list(&ListParams::default()).await?.items.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+        if left.len() == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    left.sort();
+    assert_eq!(left, names[..7], "web-7, web-8 and web-9 removed");
     ns.delete().await
 }
 
