@@ -10,7 +10,9 @@ pub mod inplace;
 pub mod inplaceset;
 pub mod keys;
 pub mod lifecycle;
+pub mod quantity;
 pub mod resize;
+pub mod resize_pod;
 pub mod selector;
 pub mod sidecarset;
 
