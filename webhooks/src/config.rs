@@ -260,8 +260,8 @@ mod tests {
         let t = target(Endpoint::Url { host: "127.0.0.1".into(), port: 9443 });
         let rules = rules::all(&rules::Context::empty("m"));
         let validating = serde_json::to_value(validating(&rules, &t)).unwrap();
-        let sets = &validating["webhooks"][2];
-        assert_eq!(sets["name"], "sidecarset.apps.berth.dev");
+        let sets = validating["webhooks"].as_array().unwrap().iter().find(|w| w["name"] == "sidecarset.apps.berth.dev");
+        let sets = sets.expect("the SidecarSet webhook is configured");
         assert_eq!(
             sets["rules"],
             json!([{"apiGroups": ["apps.berth.dev"], "apiVersions": ["v1alpha1"], "resources": ["sidecarsets"],

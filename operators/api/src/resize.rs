@@ -13,6 +13,13 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
+/// The node agent's service account (in the manager's namespace): the only
+/// identity that may move a request to Applied or Failed.
+pub const NODE_AGENT_SERVICE_ACCOUNT: &str = "berth-node-agent";
+/// The user-info extra a pod-bound service-account token carries: the node of
+/// the pod it is bound to. The node agent may act only on pods of that node.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
 /// State of one resize request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResizeState {

@@ -3,6 +3,7 @@
 
 pub mod inplaceset;
 pub mod lifecycle;
+pub mod resize;
 pub mod sidecar_injection;
 pub mod sidecarset;
 
@@ -36,6 +37,7 @@ pub fn all(ctx: &Context) -> Vec<Arc<dyn AdmissionRule>> {
     vec![
         Arc::new(lifecycle::LifecycleRule { manager_username: ctx.manager_username.clone() }),
         Arc::new(inplaceset::InplaceSetRule),
+        Arc::new(resize::ResizeRule::new(&ctx.manager_username, &ctx.manager_namespace)),
         Arc::new(sidecarset::SidecarSetRule { caches: ctx.caches.clone() }),
         Arc::new(sidecar_injection::SidecarInjectionRule {
             caches: ctx.caches.clone(),
