@@ -154,6 +154,7 @@ impl FromStr for ResizeState {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResizeRequest {
     /// Container name → desired requests and limits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub containers: BTreeMap<String, ContainerResources>,
     /// Pin the pod's containers to exclusive CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
