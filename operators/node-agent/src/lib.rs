@@ -1,0 +1,15 @@
+//! berth node agent: the runtime core (issue 5, DESIGN.md §5).
+//!
+//! - [`cgroup`]: requests/limits → CRI values and expected cgroup files (pure)
+//! - [`cpuset`]: CPU lists in the kernel's format
+//! - [`cpu_manager`]: exclusive CPU ownership, persisted atomically, reconciled after a restart
+//! - [`order`]: pod-level vs container cgroup write order for a resize (pure)
+//! - [`cgroupfs`]: finding and reading a container's cgroup files on the host
+//! - [`cri`]: the CRI RuntimeService client and the verified update path
+
+pub mod cgroup;
+pub mod cgroupfs;
+pub mod cpu_manager;
+pub mod cpuset;
+pub mod cri;
+pub mod order;
