@@ -27,7 +27,7 @@ help: ## this list
 
 .PHONY: deps
 deps: ## install the Debian packages the build and the local cluster need
-	@missing=""; for p in openssl curl; do \
+	@missing=""; for p in openssl curl containerd runc busybox-static protobuf-compiler; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
@@ -101,3 +101,10 @@ demo: deps build cluster-up ## the main job: local cluster, berth installed, an 
 
 .PHONY: demo-down
 demo-down: cluster-down ## stop what `make demo` started
+
+.PHONY: cri-test
+cri-test: deps ## the node agent's CRI path against a real containerd (started and stopped here; needs root)
+	cargo build --locked -p berth-node-agent --tests
+	@trap 'e2e/containerd/containerd.sh down' EXIT; \
+	e2e/containerd/containerd.sh up && eval "$$(e2e/containerd/containerd.sh env)" && \
+	cargo test --locked -p berth-node-agent --test containerd -- --nocapture
