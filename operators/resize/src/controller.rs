@@ -1,0 +1,113 @@
+//! Feeds Created resize requests to [`crate::feasibility`], one node at a
+//! time, and writes the decision: `berth.dev/resize-state` Accepted or
+//! Rejected with the numbers in `berth.dev/resize-message`, and an Event.
+//! The node's pods are listed fresh for each decision (all of them, not only
+//! berth's), so the sum is the node's real one.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use berth_api::{keys, resize::ResizeState};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::feasibility::{decide_node, resize_of};
+
+pub const FIELD_MANAGER: &str = "berth-manager";
+/// How often every cached pod is looked at again, in case a change was missed.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// The node of a pod waiting for a decision.
+fn waiting_node(pod: &Pod) -> Option<String> {
+    matches!(resize_of(pod), Some((ResizeState::Created, _)))
+        .then(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .flatten()
+}
+
+/// Decides requests until the process ends: `pods` is the manager's shared
+/// cache (to notice requests), `changes` its stream of changed pods.
+pub async fn run(client: Client, pods: Store<Pod>, changes: impl Stream<Item = Arc<Pod>> + Send + 'static) {
+    if pods.wait_until_ready().await.is_err() {
+        warn!("pod cache never became ready");
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let notice = tx.clone();
+    tokio::spawn(changes.for_each(move |pod| {
+        if let Some(node) = waiting_node(&pod) {
+            let _ = notice.send(node);
+        }
+        futures::future::ready(())
+    }));
+    let store = pods.clone();
+    tokio::spawn(async move {
+        loop {
+            for node in store.state().iter().filter_map(|p| waiting_node(p)).collect::<BTreeSet<_>>() {
+                let _ = tx.send(node);
+            }
+            tokio::time::sleep(RESYNC).await;
+        }
+    });
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let recorder = Recorder::new(client.clone(), reporter);
+    // One node at a time: a decision sees every earlier one.
+    while let Some(first) = rx.recv().await {
+        let mut nodes = BTreeSet::from([first]);
+        while let Ok(more) = rx.try_recv() {
+            nodes.insert(more);
+        }
+        for node in nodes {
+            if let Err(e) = decide(&client, &recorder, &node).await {
+                warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
+            }
+        }
+    }
+}
+
+async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result<(), kube::Error> {
+    let node = Api::<Node>::all(client.clone()).get(node_name).await?;
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
+    let pods = Api::<Pod>::all(client.clone()).list(&on_node).await?.items;
+    for decision in decide_node(&node, &pods) {
+        let Some(pod) = pods.iter().find(|p| {
+            p.metadata.namespace.as_deref() == Some(decision.namespace.as_str()) && p.name_any() == decision.name
+        }) else {
+            continue;
+        };
+        let (state, message, type_, reason) = match &decision.outcome {
+            Ok(m) => (ResizeState::Accepted, m, EventType::Normal, "ResizeAccepted"),
+            Err(m) => (ResizeState::Rejected, m, EventType::Warning, "ResizeRejected"),
+        };
+        // Guarded: a pod changed since the list is decided again next pass.
+        let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
+            keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message}}});
+        let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
+        match api.patch(&decision.name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+            Err(e) => return Err(e),
+        }
+        info!(pod = %decision.name, namespace = %decision.namespace, node = %node_name, %state, %message, "resize decided");
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(message.clone()),
+            action: "Resize".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+            warn!(pod = %decision.name, error = %e, "could not record Event");
+        }
+    }
+    Ok(())
+}
