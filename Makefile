@@ -88,9 +88,9 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	fi
 
 .PHONY: test
-test: deps ## everything CI runs: CRD freshness, lint, unit tests, e2e on a real local cluster
+test: deps ## everything CI runs: CRD freshness, lint, unit tests, the CRI test on a real containerd, e2e on a real local cluster
 	@mkdir -p target; set -o pipefail; \
-	$(MAKE) --no-print-directory crds-check lint unit e2e 2>&1 | tee target/test.log; rc=$$?; \
+	$(MAKE) --no-print-directory crds-check lint unit cri-test e2e 2>&1 | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$rc
 
