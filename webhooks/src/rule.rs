@@ -105,3 +105,16 @@ pub fn operations(group: &str, version: &str, resources: &[&str], operations: &[
 pub fn cluster_operations(group: &str, version: &str, resources: &[&str], ops: &[&str]) -> RuleWithOperations {
     RuleWithOperations { scope: Some("Cluster".into()), ..operations(group, version, resources, ops) }
 }
+
+/// A namespaceSelector leaving out `namespaces` (by their
+/// `kubernetes.io/metadata.name` label): system namespaces never wait for berth.
+pub fn namespaces_except<I: IntoIterator<Item = String>>(namespaces: I) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".into(),
+            operator: "NotIn".into(),
+            values: Some(namespaces.into_iter().collect()),
+        }]),
+        ..Default::default()
+    }
+}

@@ -10,7 +10,7 @@ use kube::core::{
     admission::{AdmissionRequest, AdmissionResponse, Operation},
 };
 
-use crate::rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, operations};
+use crate::rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, namespaces_except, operations};
 
 /// Guards the lifecycle annotation of pods an InplaceSet owns.
 pub struct LifecycleRule {
@@ -75,14 +75,7 @@ impl AdmissionRule for LifecycleRule {
             // `pods` only: status writes (pods/status) never carry the annotation.
             rules: vec![operations("", "v1", &["pods"], &["UPDATE"])],
             // kube-system never waits for berth, whatever labels its pods carry.
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".into(),
-                    operator: "NotIn".into(),
-                    values: Some(vec!["kube-system".into()]),
-                }]),
-                ..Default::default()
-            }),
+            namespace_selector: Some(namespaces_except(["kube-system".to_string()])),
             // Only InplaceSet pods: an outage cannot block any other pod.
             object_selector: Some(LabelSelector {
                 match_expressions: Some(vec![LabelSelectorRequirement {

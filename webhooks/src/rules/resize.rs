@@ -10,16 +10,13 @@ use berth_api::{
     resize::{Actor, NODE_AGENT_SERVICE_ACCOUNT, NODE_NAME_EXTRA, ResizeEvent, ResizeRequest, ResizeState, transition},
     resize_pod,
 };
-use k8s_openapi::{
-    api::core::v1::PodSpec,
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
-};
+use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::LabelSelector};
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, Operation},
 };
 
-use crate::rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, operations};
+use crate::rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, namespaces_except, operations};
 
 /// Guards the resize annotations of pods berth manages.
 pub struct ResizeRule {
@@ -176,14 +173,7 @@ impl AdmissionRule for ResizeRule {
             admission: Admission::Validating,
             // `pods` only: status writes never carry the annotations.
             rules: vec![operations("", "v1", &["pods"], &["UPDATE"])],
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".into(),
-                    operator: "NotIn".into(),
-                    values: Some(vec!["kube-system".into()]),
-                }]),
-                ..Default::default()
-            }),
+            namespace_selector: Some(namespaces_except(["kube-system".to_string()])),
             // Pods berth manages: the feasibility controller and node agent act on no others.
             object_selector: Some(LabelSelector {
                 match_labels: Some([(keys::MANAGED.to_string(), "true".to_string())].into()),

@@ -18,10 +18,7 @@ use berth_sidecarset::{
     revision::revision,
 };
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
-use k8s_openapi::{
-    api::core::v1::Pod,
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     ResourceExt,
     core::{
@@ -34,7 +31,7 @@ use tracing::debug;
 
 use crate::{
     caches::Caches,
-    rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, operations},
+    rule::{Admission, AdmissionRule, FailurePolicy, WebhookSpec, allow, deny, namespaces_except, operations},
 };
 
 /// Namespaces never sent to the webhook: the control plane's own, whatever
@@ -177,14 +174,7 @@ impl AdmissionRule for SidecarInjectionRule {
         WebhookSpec {
             admission: Admission::Mutating,
             rules: vec![operations("", "v1", &["pods"], &["CREATE"])],
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".into(),
-                    operator: "NotIn".into(),
-                    values: Some(excluded.collect()),
-                }]),
-                ..Default::default()
-            }),
+            namespace_selector: Some(namespaces_except(excluded)),
             object_selector: None,
             failure_policy: FailurePolicy::Fail,
             failure_policy_reason: "a pod admitted without its sidecar runs without it (a proxy, a log or security \
