@@ -13,6 +13,7 @@
 //! Everything else is pure: objects in, decisions and patches out.
 
 pub mod apply;
+pub mod conditions;
 pub mod diff;
 pub mod patch;
 pub mod pods;

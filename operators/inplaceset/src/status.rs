@@ -1,7 +1,8 @@
 //! The InplaceSet status a planning pass reports. Pure.
 
 use berth_api::InplaceSetStatus;
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::SignedDuration};
+use berth_inplace::conditions::Conditions;
+use k8s_openapi::jiff::SignedDuration;
 
 use crate::{
     Blocked, Observed,
@@ -39,19 +40,8 @@ pub fn status(o: &Observed, plan: &Plan, generation: Option<i64>, failed_creates
     let stalled = last_progress_time.as_ref().is_some_and(|t| now.duration_since(t.0) > deadline);
 
     let blocked: Vec<String> = plan.blocked.iter().map(describe).collect();
-    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        let old = previous.conditions.iter().find(|c| c.type_ == type_);
-        let status = if ok { "True" } else { "False" };
-        let since = old.filter(|c| c.status == status).map(|c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: since.unwrap_or_else(|| now.into()),
-        }
-    };
+    let conditions = Conditions { previous: &previous.conditions, generation, now };
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| conditions.set(type_, ok, reason, message);
     let ready_replicas = count(&|p| p.ready);
     let rollout_state = plan.rollout.as_ref().map(|r| r.state.as_str());
     let (progressing, reason) = match rollout_state {
@@ -136,6 +126,8 @@ pub fn describe(b: &Blocked) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     use berth_api::InplaceSetSpec;
     use k8s_openapi::jiff::Timestamp;

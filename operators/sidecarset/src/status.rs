@@ -1,8 +1,7 @@
 //! The SidecarSet status a planning pass reports. Pure.
 
 use berth_api::{SidecarSetStatus, sidecarset::SidecarSetUpdateStrategyType};
-use berth_inplace::progress::Progress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use berth_inplace::{conditions::Conditions, progress::Progress};
 
 use crate::plan::{Blocked, Observed, Plan};
 
@@ -35,19 +34,9 @@ pub fn status(
     let strategy = &o.spec.update_strategy;
 
     let now = o.now;
-    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-        let status = if ok { "True" } else { "False" };
-        let since = old.filter(|c| c.status == status).map(|c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: since.unwrap_or_else(|| now.into()),
-        }
-    };
+    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let builder = Conditions { previous: previous_conditions, generation, now };
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| builder.set(type_, ok, reason, message);
     let all_updated = updated_pods == matched;
     let updated_reason = match () {
         _ if all_updated => "AllPodsUpdated",
@@ -113,6 +102,8 @@ fn describe_other(b: &Blocked) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     use berth_api::SidecarSetSpec;
     use serde_json::json;
