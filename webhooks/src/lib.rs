@@ -124,6 +124,21 @@ impl Options {
 /// this run's CA); with a certificate directory, applies them with its ca.crt
 /// again whenever it changes, unless the installer owns them.
 pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
+    run_replica(client, opts, std::future::ready(()), || {}).await
+}
+
+/// [`run`] in one of several manager replicas. Every replica serves, but with
+/// a self-generated CA each has its own: only the leader may point the
+/// apiserver at itself, so the configurations are applied once `leading`
+/// resolves (a certificate directory is the same on every replica, so each
+/// applies it at once, as [`run`] does). `configured` is called once the
+/// configurations name this server's CA (at once when the installer owns them).
+pub async fn run_replica(
+    client: kube::Client,
+    opts: Options,
+    leading: impl std::future::Future<Output = ()>,
+    configured: impl FnOnce(),
+) -> Result<(), Error> {
     let caches = caches::Caches::start(&client, &opts.manager_namespace);
     let rules = rules::all(&rules::Context {
         manager_username: opts.manager_username.clone(),
@@ -170,6 +185,14 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
         error!(wait = ?CACHE_SYNC_WAIT, "webhook caches not loaded (RBAC for sidecarsets, namespaces, \
             controllerrevisions?); pods that SidecarSets could select are refused until they are");
     }
+    if cert_dir.is_none() {
+        tokio::select! {
+            stopped = &mut serving => {
+                return Err(Error::Stopped(stopped.err().map_or("the accept loop ended".into(), |e| e.to_string())));
+            }
+            () = leading => {}
+        }
+    }
     if !opts.skip_configurations {
         let ca = ca_bundle.ok_or_else(|| {
             Error::Options(format!(
@@ -181,6 +204,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
         config::apply(&client, &rules, &target(ca.clone())).await?;
         applied_ca = Some(ca);
     }
+    configured();
 
     let mut tick = tokio::time::interval(Duration::from_secs(opts.cert_poll_seconds.max(1)));
     let mut last_error = None;

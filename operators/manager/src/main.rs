@@ -1,9 +1,34 @@
 //! berth-manager: runs berth's controllers and its admission webhook server
 //! against the cluster in KUBECONFIG (or the in-cluster service account).
-//! Leader election and metrics join with their issues.
+//!
+//! Replicas elect a leader on a Lease (see [`leader`]). Every replica serves
+//! the webhooks (admission never waits for an election) and keeps the shared
+//! pod cache warm; only the leader runs the controllers, so only the leader
+//! writes. It stops them and exits the moment it cannot be sure it still
+//! leads. On SIGTERM/SIGINT the leader lets in-flight reconciles finish, then
+//! releases the lease (a standby takes over at once), then exits.
+//!
+//! Webhook configurations: with certificates from --webhook-cert-dir (one
+//! Secret mounted by every replica) each replica applies the same caBundle.
+//! With a self-generated CA each replica has its own, so only the leader
+//! applies them, pointing the apiserver at its CA, before its controllers
+//! start; behind one Service that mode still fits a single replica only.
+
+mod leader;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use clap::Parser;
-use tracing::{error, info};
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+/// How long the leader waits, on a signal, for in-flight reconciles.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long a new leader waits for the webhook configurations to name its CA
+/// before starting its controllers anyway.
+const CONFIGURED_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Runs berth's controllers (InplaceSet, SidecarSet) and admission webhooks")]
@@ -14,7 +39,12 @@ struct Args {
 
     #[command(flatten)]
     webhooks: berth_webhooks::Options,
+
+    #[command(flatten)]
+    lease: leader::Options,
 }
+
+type PodEvents = Pin<Box<dyn Stream<Item = Arc<Pod>> + Send>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,38 +58,165 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init()
     }
+    args.lease.validate()?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut shutdown = Box::pin(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    });
 
     let client = kube::Client::try_default().await?;
-    // One pod watch for every controller.
-    let pods = berth_inplace::pods::SharedPods::default();
-    let inplacesets = berth_inplaceset::controller::run(client.clone(), pods.store(), pods.subscribe());
     let namespace = args.webhooks.manager_namespace.clone();
-    let sidecarsets = berth_sidecarset::controller::run(client.clone(), pods.store(), pods.subscribe(), namespace);
-    let watch = pods.run(client.clone());
-    let controllers = async {
-        // The first to end (a shutdown signal) ends them all.
-        tokio::select! {
-            () = watch => {}
-            () = inplacesets => {}
-            () = sidecarsets => {}
-        }
-    };
-    if args.webhooks.disabled {
-        info!("berth-manager starting: InplaceSet and SidecarSet controllers (webhooks disabled)");
-        controllers.await;
+
+    // Every replica: one pod watch for every controller, kept warm on standbys.
+    let pods = berth_inplace::pods::SharedPods::default();
+    let store = pods.store();
+    let mut events: [PodEvents; 2] = [Box::pin(pods.subscribe()), Box::pin(pods.subscribe())];
+    tokio::spawn(pods.run(client.clone()));
+
+    // Every replica: the webhook server. A failure ends the process, so the
+    // apiserver is never left calling a server that is gone.
+    let serving = if args.webhooks.disabled { "webhooks disabled" } else { "admission webhooks" };
+    let (leading_tx, leading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (configured_tx, mut configured_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut webhooks: Pin<Box<dyn Future<Output = String> + Send>> = if args.webhooks.disabled {
+        let _ = configured_tx.send(());
+        Box::pin(std::future::pending())
     } else {
-        info!("berth-manager starting: InplaceSet and SidecarSet controllers, admission webhooks");
-        // Both run for the life of the process; a webhook failure ends it, so
-        // the apiserver is never left calling a server that is gone.
+        let leading = async move { drop(leading_rx.await) };
+        let configured = move || {
+            let _ = configured_tx.send(());
+        };
+        Box::pin(
+            berth_webhooks::run_replica(client.clone(), args.webhooks, leading, configured)
+                .map(|failed| failed.err().map_or("returned".to_string(), |e| e.to_string())),
+        )
+    };
+
+    let mut leadership = if args.lease.enabled {
+        let elector = leader::Elector::start(client.clone(), &namespace, args.lease.clone());
+        info!(lease = %args.lease.name, %namespace, identity = elector.identity(),
+              "berth-manager starting: {serving}; InplaceSet and SidecarSet controllers once leading");
+        // Standby: pod changes are read and dropped (the controllers read the
+        // whole cache when they start).
+        let [a, b] = &mut events;
+        let drain = async {
+            futures::stream::select(a.as_mut(), b.as_mut()).for_each(|_| futures::future::ready(())).await;
+            std::future::pending::<()>().await
+        };
         tokio::select! {
-            () = controllers => {}
-            failed = berth_webhooks::run(client, args.webhooks) => {
-                let reason = failed.err().map_or("returned".to_string(), |e| e.to_string());
+            leadership = elector.acquire() => Some(leadership),
+            () = drain => unreachable!(),
+            signal = &mut shutdown => {
+                info!(signal, "berth-manager stopped (standby)");
+                return Ok(());
+            }
+            reason = &mut webhooks => {
                 error!("berth-manager stopping: the webhook server failed: {reason}");
                 std::process::exit(1);
             }
         }
+    } else {
+        info!("berth-manager starting: InplaceSet and SidecarSet controllers, {serving} (no leader election)");
+        None
+    };
+
+    // Leading. With a self-generated CA, point the apiserver here first: a
+    // pod the controllers create would otherwise meet the old leader's server.
+    let _ = leading_tx.send(());
+    tokio::select! {
+        _ = &mut configured_rx => {}
+        () = tokio::time::sleep(CONFIGURED_WAIT) => warn!(wait = ?CONFIGURED_WAIT,
+            "webhook configurations not applied yet; starting the controllers anyway"),
+        signal = &mut shutdown => {
+            info!(signal, "stopping before the controllers started");
+            stop(leadership, 0).await;
+        }
+        reason = &mut webhooks => {
+            error!("berth-manager stopping: the webhook server failed: {reason}");
+            stop(leadership, 1).await;
+        }
+    }
+    let [inplaceset_events, sidecarset_events] = events;
+    let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events);
+    let sidecarsets = berth_sidecarset::controller::run(client.clone(), store, sidecarset_events, namespace);
+    // The first to end (a shutdown signal: they stop on it themselves) ends them all.
+    let mut controllers = Box::pin(async {
+        tokio::select! {
+            () = inplacesets => {}
+            () = sidecarsets => {}
+        }
+    });
+    info!("controllers running");
+    let end = {
+        let lost = async {
+            match leadership.as_mut() {
+                Some(l) => l.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(lost);
+        tokio::select! {
+            () = &mut controllers => End::Stopped,
+            signal = &mut shutdown => {
+                info!(signal, grace = ?SHUTDOWN_GRACE, "stopping: waiting for in-flight reconciles");
+                tokio::select! {
+                    () = &mut controllers => End::Stopped,
+                    () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                        warn!("reconciles still running; stopping them");
+                        End::Stopped
+                    }
+                    reason = &mut lost => End::Fenced(reason),
+                }
+            }
+            reason = &mut lost => End::Fenced(reason),
+            reason = &mut webhooks => End::WebhooksFailed(reason),
+        }
+    };
+    // No write after this point: reconciles still running are aborted.
+    drop(controllers);
+    match end {
+        End::Stopped => {
+            info!("controllers stopped");
+            stop(leadership, 0).await
+        }
+        End::Fenced(reason) => {
+            error!(
+                "berth-manager stopping: no longer sure it leads ({reason}); exiting so that it never writes \
+                    as a second leader"
+            );
+            std::process::exit(1)
+        }
+        End::WebhooksFailed(reason) => {
+            error!("berth-manager stopping: the webhook server failed: {reason}");
+            stop(leadership, 1).await
+        }
+    }
+}
+
+enum End {
+    Stopped,
+    Fenced(String),
+    WebhooksFailed(String),
+}
+
+/// Releases the lease (the controllers have stopped) and ends the process.
+async fn stop(leadership: Option<leader::Leadership>, code: i32) -> ! {
+    if let Some(l) = leadership {
+        l.release().await;
     }
     info!("berth-manager stopped");
-    Ok(())
+    std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        super::Args::command().debug_assert();
+    }
 }
