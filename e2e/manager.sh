@@ -4,25 +4,51 @@
 # (config/rbac), never as cluster admin. Its admission webhooks listen on a
 # free port of 127.0.0.1; the apiserver calls them there (url mode), and
 # `down` removes their configurations, as nothing serves them any more.
-#   manager.sh up | down
+#
+# Replicas elect a leader on the Lease berth-system/berth-manager (short
+# timings here, so a failover takes seconds); only the leader runs the
+# controllers and points the webhook configurations at its own server.
+# `up 2` starts a second replica (the failover suite's standby): it is up
+# once it serves and another replica holds the Lease. `down N` stops
+# replica N; the configurations are removed only when no replica is left.
+#   manager.sh up [N] | down [N]      (N: replica number, default 1)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${E2E_STATE:-$ROOT/target/e2e}"
 BIN="${BERTH_MANAGER:-$ROOT/target/debug/berth-manager}"
-PID="$STATE/pids/berth-manager.pid" LOG="$STATE/logs/berth-manager.log"
+REPLICA="${2:-1}"
+[[ "$REPLICA" =~ ^[1-9]$ ]] || { echo "usage: manager.sh up|down [1-9]" >&2; exit 2; }
+NAME="berth-manager$([[ $REPLICA == 1 ]] || echo "-$REPLICA")"
+PID="$STATE/pids/$NAME.pid" LOG="$STATE/logs/$NAME.log"
+export BERTH_LEASE_DURATION="${BERTH_LEASE_DURATION:-6}" BERTH_LEASE_GRACE="${BERTH_LEASE_GRACE:-2}"
 kubectl() { "${BERTH_K8S:?}" kubectl --kubeconfig "$STATE/kubeconfig" "$@"; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-alive() { [[ -f "$PID" ]] && kill -0 "$(cat "$PID")" 2>/dev/null; }
+# Running, and not a zombie (an exited manager is reaped by init, at its pace).
+running() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; [[ ${s:0:1} != Z ]]; }
+alive() { [[ -f "$PID" ]] && running "$(cat "$PID")"; }
 
-# The manager is up once its webhooks answer and the apiserver is pointed at them.
+# A replica is up once its webhooks answer and either it leads (the apiserver
+# is pointed at its webhooks) or another replica holds the Lease (standby).
 webhooks_ready() {
-  curl -sfk "https://127.0.0.1:$1/healthz" >/dev/null &&
-    kubectl get validatingwebhookconfiguration berth-validating \
-      -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null | grep -q ":$1/"
+  curl -sfk "https://127.0.0.1:$1/healthz" >/dev/null || return 1
+  kubectl get validatingwebhookconfiguration berth-validating \
+    -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null | grep -q ":$1/" && return 0
+  local holder
+  holder=$(kubectl -n berth-system get lease berth-manager -o jsonpath='{.spec.holderIdentity}' 2>/dev/null) || return 1
+  [[ -n "$holder" && "$holder" != "$(cat /proc/sys/kernel/hostname)_$2" ]]
+}
+
+# Another replica still running (then the webhook configurations stay).
+others_alive() {
+  local f
+  for f in "$STATE"/pids/berth-manager*.pid; do
+    [[ -f "$f" && "$f" != "$PID" ]] && running "$(cat "$f")" && return 0
+  done
+  return 1
 }
 
 case "${1:-}" in
@@ -35,12 +61,12 @@ case "${1:-}" in
     port=$(free_port)
     mkdir -p "$STATE/pids" "$STATE/logs"
     KUBECONFIG="$STATE/manager.kubeconfig" setsid "$BIN" --webhook-url-host 127.0.0.1 --webhook-bind 127.0.0.1 \
-      --webhook-port "$port" >"$LOG" 2>&1 < /dev/null &
+      --webhook-port "$port" >>"$LOG" 2>&1 < /dev/null &
     echo $! >"$PID"
     for _ in $(seq 100); do
       alive || break
-      if webhooks_ready "$port"; then
-        echo "[manager] running as system:serviceaccount:berth-system:berth-manager; webhooks on https://127.0.0.1:$port (log: $LOG)" >&2
+      if webhooks_ready "$port" "$(cat "$PID")"; then
+        echo "[manager] $NAME running as system:serviceaccount:berth-system:berth-manager; webhooks on https://127.0.0.1:$port (log: $LOG)" >&2
         exit 0
       fi
       sleep 0.2
@@ -58,12 +84,12 @@ case "${1:-}" in
   down)
     if [[ -f "$PID" ]]; then kill -TERM "$(cat "$PID")" 2>/dev/null || true; rm -f "$PID"; fi
     # Left behind, they would refuse every InplaceSet write (failurePolicy Fail).
-    if [[ -f "$STATE/kubeconfig" ]]; then
+    if [[ -f "$STATE/kubeconfig" ]] && ! others_alive; then
       kubectl delete validatingwebhookconfiguration berth-validating --ignore-not-found --request-timeout 5s \
         >/dev/null 2>&1 || true
       kubectl delete mutatingwebhookconfiguration berth-mutating --ignore-not-found --request-timeout 5s \
         >/dev/null 2>&1 || true
     fi
     ;;
-  *) echo "usage: manager.sh up|down" >&2; exit 2 ;;
+  *) echo "usage: manager.sh up|down [N]" >&2; exit 2 ;;
 esac
