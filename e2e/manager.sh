@@ -56,7 +56,7 @@ case "${1:-}" in
     [[ -x "$BIN" ]] || { echo "[manager] $BIN missing: cargo build -p berth-manager" >&2; exit 1; }
     if alive; then exit 0; fi
     kubectl apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
-    kubectl apply --server-side -f "$ROOT/config/rbac/manager.yaml" >/dev/null
+    kubectl apply --server-side -f "$ROOT/config/rbac/manager.yaml" -f "$ROOT/config/rbac/node-agent.yaml" >/dev/null
     "$ROOT/e2e/cluster/cluster.sh" kubeconfig berth-system berth-manager "$STATE/manager.kubeconfig"
     port=$(free_port)
     mkdir -p "$STATE/pids" "$STATE/logs"

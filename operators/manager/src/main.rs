@@ -73,7 +73,8 @@ async fn main() -> anyhow::Result<()> {
     // Every replica: one pod watch for every controller, kept warm on standbys.
     let pods = berth_inplace::pods::SharedPods::default();
     let store = pods.store();
-    let mut events: [PodEvents; 2] = [Box::pin(pods.subscribe()), Box::pin(pods.subscribe())];
+    let mut events: [PodEvents; 3] =
+        [Box::pin(pods.subscribe()), Box::pin(pods.subscribe()), Box::pin(pods.subscribe())];
     tokio::spawn(pods.run(client.clone()));
 
     // Every replica: the webhook server. A failure ends the process, so the
@@ -98,12 +99,13 @@ async fn main() -> anyhow::Result<()> {
     let mut leadership = if args.lease.enabled {
         let elector = leader::Elector::start(client.clone(), &namespace, args.lease.clone());
         info!(lease = %args.lease.name, %namespace, identity = elector.identity(),
-              "berth-manager starting: {serving}; InplaceSet and SidecarSet controllers once leading");
+              "berth-manager starting: {serving}; InplaceSet, SidecarSet and resize controllers once leading");
         // Standby: pod changes are read and dropped (the controllers read the
         // whole cache when they start).
-        let [a, b] = &mut events;
+        let [a, b, c] = &mut events;
         let drain = async {
-            futures::stream::select(a.as_mut(), b.as_mut()).for_each(|_| futures::future::ready(())).await;
+            let all = futures::stream::select(futures::stream::select(a.as_mut(), b.as_mut()), c.as_mut());
+            all.for_each(|_| futures::future::ready(())).await;
             std::future::pending::<()>().await
         };
         tokio::select! {
@@ -119,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     } else {
-        info!("berth-manager starting: InplaceSet and SidecarSet controllers, {serving} (no leader election)");
+        info!("berth-manager starting: InplaceSet, SidecarSet and resize controllers, {serving} (no leader election)");
         None
     };
 
@@ -139,14 +141,16 @@ async fn main() -> anyhow::Result<()> {
             stop(leadership, 1).await;
         }
     }
-    let [inplaceset_events, sidecarset_events] = events;
+    let [inplaceset_events, sidecarset_events, resize_events] = events;
     let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events);
-    let sidecarsets = berth_sidecarset::controller::run(client.clone(), store, sidecarset_events, namespace);
+    let sidecarsets = berth_sidecarset::controller::run(client.clone(), store.clone(), sidecarset_events, namespace);
+    let resizes = berth_resize::controller::run(client.clone(), store, resize_events);
     // The first to end (a shutdown signal: they stop on it themselves) ends them all.
     let mut controllers = Box::pin(async {
         tokio::select! {
             () = inplacesets => {}
             () = sidecarsets => {}
+            () = resizes => {}
         }
     });
     info!("controllers running");

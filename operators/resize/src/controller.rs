@@ -18,7 +18,6 @@ use kube::{
     },
 };
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::feasibility::{decide_node, resize_of};
@@ -41,32 +40,19 @@ pub async fn run(client: Client, pods: Store<Pod>, changes: impl Stream<Item = A
         warn!("pod cache never became ready");
         return;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let notice = tx.clone();
-    tokio::spawn(changes.for_each(move |pod| {
-        if let Some(node) = waiting_node(&pod) {
-            let _ = notice.send(node);
-        }
-        futures::future::ready(())
-    }));
-    let store = pods.clone();
-    tokio::spawn(async move {
-        loop {
-            for node in store.state().iter().filter_map(|p| waiting_node(p)).collect::<BTreeSet<_>>() {
-                let _ = tx.send(node);
-            }
-            tokio::time::sleep(RESYNC).await;
-        }
-    });
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
-    // One node at a time: a decision sees every earlier one.
-    while let Some(first) = rx.recv().await {
-        let mut nodes = BTreeSet::from([first]);
-        while let Ok(more) = rx.try_recv() {
-            nodes.insert(more);
-        }
-        for node in nodes {
+    // Nodes with a waiting request: from changes as they come, and from the whole cache on each resync.
+    let noticed = changes.filter_map(|pod| futures::future::ready(waiting_node(&pod).map(|n| BTreeSet::from([n]))));
+    let resync = futures::stream::unfold(pods, |pods| async move {
+        tokio::time::sleep(RESYNC).await;
+        let nodes: BTreeSet<String> = pods.state().iter().filter_map(|p| waiting_node(p)).collect();
+        Some((nodes, pods))
+    });
+    let mut work = Box::pin(futures::stream::select(noticed, resync).ready_chunks(256));
+    // One node at a time, in this one task: a decision sees every earlier one.
+    while let Some(batches) = work.next().await {
+        for node in batches.into_iter().flatten().collect::<BTreeSet<_>>() {
             if let Err(e) = decide(&client, &recorder, &node).await {
                 warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
             }

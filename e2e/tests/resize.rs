@@ -1,0 +1,132 @@
+//! The in-place resize state machine on the real cluster: the manager's
+//! feasibility step accepts a request that fits the node and rejects one that
+//! over-commits it (numbers in the message); the webhook refuses a user who
+//! accepts their own request and the node agent of one node acting on a pod
+//! of another (the agent's identity is a token bound to a pod on its node).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use berth_api::{keys, resize::NODE_AGENT_SERVICE_ACCOUNT};
+use berth_e2e::{TestNamespace, client, config, images, refusal, wait_for};
+use k8s_openapi::api::{
+    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+    core::v1::{Pod, ServiceAccount},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    config::AuthInfo,
+};
+use serde_json::json;
+
+const MANAGER_NAMESPACE: &str = "berth-system";
+
+/// A berth-managed pod on `node` whose app requests 500m and may use 2 CPUs.
+fn pod(name: &str, node: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {keys::MANAGED: "true"}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": images().0,
+            "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}}}]}
+    }))?)
+}
+
+fn submit(request: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"annotations": {keys::RESIZE: request.to_string(), keys::RESIZE_STATE: "Created"}}})
+}
+
+fn state_is(state: &'static str) -> impl Fn(Option<&Pod>) -> bool {
+    move |p: Option<&Pod>| p.and_then(|p| p.annotations().get(keys::RESIZE_STATE).cloned()).as_deref() == Some(state)
+}
+
+fn message(p: &Pod) -> String {
+    p.annotations().get(keys::RESIZE_MESSAGE).cloned().unwrap_or_default()
+}
+
+/// A client acting as the node agent of `node`: a token of its service
+/// account bound to a pod on that node, as a DaemonSet pod's token is.
+async fn agent_of(client: &Client, node: &str) -> Result<Client> {
+    let ns = MANAGER_NAMESPACE;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NODE_AGENT_SERVICE_ACCOUNT}});
+    accounts.patch(NODE_AGENT_SERVICE_ACCOUNT, &PatchParams::apply("berth-e2e"), &Patch::Apply(account)).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let name = format!("e2e-agent-{node}");
+    let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
+        "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": images().0}]}});
+    let placeholder = pods.patch(&name, &PatchParams::apply("berth-e2e"), &Patch::Apply(placeholder)).await?;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name.clone()),
+                uid: placeholder.uid(),
+            }),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(NODE_AGENT_SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("no token in the TokenRequest status")?;
+    let mut config = config().await?;
+    config.auth_info = AuthInfo { token: Some(token.into()), ..Default::default() };
+    Ok(Client::try_from(config)?)
+}
+
+#[tokio::test]
+async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_guards_each_actor() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "resize").await?;
+    let pods: Api<Pod> = ns.api();
+    for (name, node) in [("fits", "hollow-node-0"), ("greedy", "hollow-node-0"), ("eager", "hollow-node-1")] {
+        pods.create(&PostParams::default(), &pod(name, node)?).await?;
+    }
+
+    // Fits: 500m -> 800m on an 8-CPU node.
+    let grow = json!({"containers": {"app": {"requests": {"cpu": "800m"}}}});
+    pods.patch("fits", &PatchParams::default(), &Patch::Merge(submit(grow))).await?;
+    let p = wait_for(&pods, "fits", Duration::from_secs(60), "Accepted", state_is("Accepted")).await?;
+    assert!(message(&p).starts_with("fits node hollow-node-0: cpu "), "{}", message(&p));
+
+    // Over-commits: 64 CPUs (its limit raised too, staying Burstable) on an 8-CPU node.
+    let huge = json!({"containers": {"app": {"requests": {"cpu": "64"}, "limits": {"cpu": "128"}}}});
+    pods.patch("greedy", &PatchParams::default(), &Patch::Merge(submit(huge))).await?;
+    let p = wait_for(&pods, "greedy", Duration::from_secs(60), "Rejected", state_is("Rejected")).await?;
+    assert!(message(&p).contains("does not fit node hollow-node-0: cpu requests would be"), "{}", message(&p));
+
+    // A user cannot accept their own request: the webhook refuses.
+    let ask = json!({"containers": {"app": {"requests": {"cpu": "600m"}}}});
+    let created = pods.patch("eager", &PatchParams::default(), &Patch::Merge(submit(ask.clone()))).await?;
+    let accept = json!({"metadata": {"resourceVersion": created.resource_version(),
+        "annotations": {keys::RESIZE_STATE: "Accepted"}}});
+    let (code, text) = refusal(pods.patch("eager", &PatchParams::default(), &Patch::Merge(accept)).await)?;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("is made only by the berth manager"), "{text}");
+    let p = wait_for(&pods, "eager", Duration::from_secs(60), "Accepted by the manager", state_is("Accepted")).await?;
+    assert_eq!(p.annotations().get(keys::RESIZE).map(String::as_str), Some(ask.to_string().as_str()));
+
+    // The agent of node 0 may not finish the resize of a pod on node 1; node 1's agent may.
+    let applied = json!({"metadata": {"annotations": {keys::RESIZE_STATE: "Applied"}}});
+    let agent_0: Api<Pod> = Api::namespaced(agent_of(&client, "hollow-node-0").await?, &ns.name);
+    let (code, text) = refusal(agent_0.patch("eager", &PatchParams::default(), &Patch::Merge(applied.clone())).await)?;
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains("node agent of node hollow-node-0 may not finish a resize of a pod on node hollow-node-1"),
+        "{text}"
+    );
+    let agent_1: Api<Pod> = Api::namespaced(agent_of(&client, "hollow-node-1").await?, &ns.name);
+    agent_1.patch("eager", &PatchParams::default(), &Patch::Merge(applied)).await?;
+    assert_eq!(pods.get("eager").await?.annotations().get(keys::RESIZE_STATE).map(String::as_str), Some("Applied"));
+    let agents: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
+    for node in ["hollow-node-0", "hollow-node-1"] {
+        agents.delete(&format!("e2e-agent-{node}"), &Default::default()).await?;
+    }
+    ns.delete().await
+}
