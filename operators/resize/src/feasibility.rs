@@ -3,7 +3,6 @@
 //! resizes counted at the larger of old and new, must stay within the node's
 //! allocatable; exclusive CPUs asked for must be free. Pure.
 
-
 use berth_api::{
     keys, quantity,
     resize::{ResizeRequest, ResizeState},
