@@ -104,6 +104,30 @@ demo: deps build cluster-up ## the main job: local cluster, berth installed, an 
 .PHONY: demo-down
 demo-down: cluster-down ## stop what `make demo` started
 
+# A benchmark, never part of `make test`. It runs on a cluster of its own
+# (BENCH_STATE), so a `make e2e` or `make demo` cluster is left alone, with a
+# release build of berth-manager; BENCH_ARGS go to the benchmark
+# (`cargo run -p berth-bench --bin bench-webhook -- --help` lists them).
+# With E2E_KUBECONFIG set it measures that cluster and the berth-manager
+# already serving it (server-side figures need its log: --manager-log).
+BENCH_STATE ?= $(CURDIR)/target/e2e-bench
+BENCH_ARGS  ?=
+.PHONY: bench-webhook
+bench-webhook: deps ## benchmark: webhook latency at 1000 reviews/s, pod create with vs without injection (BENCH_ARGS=...)
+	@if [ -n "$$E2E_KUBECONFIG" ]; then \
+	  echo "bench-webhook against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
+	  cargo run --locked --release -p berth-bench --bin bench-webhook -- $(BENCH_ARGS); \
+	else \
+	  target_dir=$${CARGO_TARGET_DIR:-$(CURDIR)/target}; \
+	  cargo build --locked --release -p berth-manager -p berth-bench && \
+	  $(MAKE) --no-print-directory cluster-up E2E_STATE=$(BENCH_STATE) && \
+	  { E2E_STATE=$(BENCH_STATE) BERTH_MANAGER=$$target_dir/release/berth-manager e2e/manager.sh up && \
+	    E2E_STATE=$(BENCH_STATE) E2E_KUBECONFIG=$(BENCH_STATE)/kubeconfig \
+	      $$target_dir/release/bench-webhook $(BENCH_ARGS); rc=$$?; \
+	    E2E_STATE=$(BENCH_STATE) e2e/manager.sh down; \
+	    $(MAKE) --no-print-directory cluster-down E2E_STATE=$(BENCH_STATE); exit $$rc; }; \
+	fi
+
 .PHONY: cri-test
 cri-test: deps ## the node agent's CRI path against a real containerd (started and stopped here; needs root)
 	cargo build --locked -p berth-node-agent --tests

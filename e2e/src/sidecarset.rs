@@ -66,3 +66,29 @@ pub async fn delete_sets(sets: &Api<SidecarSet>, names: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The URL and caBundle (PEM) the apiserver uses for webhook `webhook` of the
+/// MutatingWebhookConfiguration `config`: to call the webhook server directly,
+/// trusting what the apiserver trusts. Fails when the configuration points at
+/// a Service (the server is then not reachable from outside the cluster).
+pub async fn mutating_webhook_endpoint(
+    client: &kube::Client,
+    config: &str,
+    webhook: &str,
+) -> Result<(String, Vec<u8>)> {
+    use anyhow::Context;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let found = configs.get(config).await.with_context(|| format!("{config} (is berth-manager running?)"))?;
+    let hook = found
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .find(|w| w.name == webhook)
+        .with_context(|| format!("{config} has no webhook {webhook}"))?;
+    let ca = hook.client_config.ca_bundle.with_context(|| format!("{webhook}: no caBundle"))?.0;
+    let url = hook.client_config.url.with_context(|| {
+        format!("{webhook}: not in url mode (the manager runs in the cluster, behind a Service); run it on this host")
+    })?;
+    Ok((url, ca))
+}
