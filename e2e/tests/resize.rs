@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_api::{keys, resize::NODE_AGENT_SERVICE_ACCOUNT};
-use berth_e2e::{TestNamespace, client, config, images, refusal, wait_for};
+use berth_e2e::{
+    TestNamespace, client, config, container_status, images, kubeconfig_path, refusal, repo_root, wait_for,
+};
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
     core::v1::{Pod, ServiceAccount},
@@ -16,7 +18,7 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    config::AuthInfo,
+    config::{AuthInfo, Kubeconfig},
 };
 use serde_json::json;
 
@@ -43,9 +45,9 @@ fn message(p: &Pod) -> String {
     p.annotations().get(keys::RESIZE_MESSAGE).cloned().unwrap_or_default()
 }
 
-/// A client acting as the node agent of `node`: a token of its service
-/// account bound to a pod on that node, as a DaemonSet pod's token is.
-async fn agent_of(client: &Client, node: &str) -> Result<Client> {
+/// A token of the node agent's service account bound to a pod on `node`, as a
+/// DaemonSet pod's token is: the webhook reads the node from it.
+async fn agent_token(client: &Client, node: &str) -> Result<String> {
     let ns = MANAGER_NAMESPACE;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let account =
@@ -69,15 +71,55 @@ async fn agent_of(client: &Client, node: &str) -> Result<Client> {
         }),
         ..Default::default()
     };
-    let token = accounts
+    accounts
         .create_token_request(NODE_AGENT_SERVICE_ACCOUNT, &PostParams::default(), &request)
         .await?
         .status
         .and_then(|s| s.token)
-        .context("no token in the TokenRequest status")?;
+        .context("no token in the TokenRequest status")
+}
+
+/// A client acting as the node agent of `node`.
+async fn agent_of(client: &Client, node: &str) -> Result<Client> {
     let mut config = config().await?;
-    config.auth_info = AuthInfo { token: Some(token.into()), ..Default::default() };
+    config.auth_info = AuthInfo { token: Some(agent_token(client, node).await?.into()), ..Default::default() };
     Ok(Client::try_from(config)?)
+}
+
+/// The real node agent for `node`, as a process on this host with its node-bound token; killed on drop.
+struct Agent(std::process::Child);
+
+impl Agent {
+    async fn start(client: &Client, node: &str) -> Result<Self> {
+        let mut kubeconfig = Kubeconfig::read_from(kubeconfig_path()?)?;
+        let token = agent_token(client, node).await?;
+        for named in &mut kubeconfig.auth_infos {
+            named.auth_info = Some(AuthInfo { token: Some(token.clone().into()), ..Default::default() });
+        }
+        let dir = repo_root().join("target/e2e");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("node-agent-{node}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+        let bin = std::env::var("BERTH_NODE_AGENT")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target/debug/berth-node-agent"));
+        let log = std::fs::File::create(dir.join(format!("node-agent-{node}.log")))?;
+        let child = std::process::Command::new(&bin)
+            .env("KUBECONFIG", &path)
+            .env("NODE_NAME", node)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} (cargo build -p berth-node-agent)", bin.display()))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
@@ -128,5 +170,30 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
     for node in ["hollow-node-0", "hollow-node-1"] {
         agents.delete(&format!("e2e-agent-{node}"), &Default::default()).await?;
     }
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn the_node_agent_applies_an_accepted_resize_through_the_kubelet() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "resize-apply").await?;
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &pod("grow", "hollow-node-2")?).await?;
+    let ready = |p: Option<&Pod>| p.is_some_and(berth_e2e::pod_ready);
+    let before = wait_for(&pods, "grow", Duration::from_secs(60), "Ready", ready).await?;
+    let _agent = Agent::start(&client, "hollow-node-2").await?;
+
+    let grow = json!({"containers": {"app": {"requests": {"cpu": "800m"}, "limits": {"cpu": "1500m"}}}});
+    pods.patch("grow", &PatchParams::default(), &Patch::Merge(submit(grow))).await?;
+    let after = wait_for(&pods, "grow", Duration::from_secs(90), "Applied", state_is("Applied")).await?;
+    assert!(message(&after).starts_with("applied by the kubelet"), "{}", message(&after));
+    let app = after.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.resources.clone()).unwrap();
+    assert_eq!(app.requests.unwrap()["cpu"].0, "800m", "the pod's API resources are the request");
+    assert_eq!(app.limits.unwrap()["cpu"].0, "1500m");
+    let running = container_status(&after, "app").expect("app status");
+    let reported = running.resources.clone().unwrap_or_default();
+    assert_eq!(reported.requests.unwrap()["cpu"].0, "800m", "the running state is the request");
+    assert_eq!(running.restart_count, 0, "no restart");
+    assert_eq!(after.uid(), before.uid(), "the same pod");
     ns.delete().await
 }

@@ -1,5 +1,6 @@
 //! berth node agent: the runtime core (issue 5, DESIGN.md §5).
 //!
+//! - [`agent`]: the next step for an Accepted resize on the node (pure)
 //! - [`cgroup`]: requests/limits → CRI values and expected cgroup files (pure)
 //! - [`cpuset`]: CPU lists in the kernel's format
 //! - [`cpu_manager`]: exclusive CPU ownership, persisted atomically, reconciled after a restart
@@ -7,6 +8,7 @@
 //! - [`cgroupfs`]: finding and reading a container's cgroup files on the host
 //! - [`cri`]: the CRI RuntimeService client and the verified update path
 
+pub mod agent;
 pub mod cgroup;
 pub mod cgroupfs;
 pub mod cpu_manager;
