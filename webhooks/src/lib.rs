@@ -9,6 +9,9 @@ pub mod rules;
 pub mod server;
 pub mod tls;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,

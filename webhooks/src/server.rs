@@ -135,7 +135,7 @@ impl Router {
 }
 
 /// An `admission.k8s.io/v1` AdmissionReview carrying a request, or why not.
-fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+pub(crate) fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
     let (api_version, kind) = (review.types.api_version.as_str(), review.types.kind.as_str());
