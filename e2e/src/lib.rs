@@ -2,6 +2,7 @@
 //! kube-apiserver: the local cluster `make e2e` starts (E2E_KUBECONFIG is set
 //! to its kubeconfig), or a cluster of the user's choosing.
 
+pub mod identity;
 pub mod inplaceset;
 pub mod sidecarset;
 

@@ -9,12 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use berth_api::{keys, resize::NODE_AGENT_SERVICE_ACCOUNT};
 use berth_e2e::{
-    TestNamespace, client, config, container_status, images, kubeconfig_path, refusal, repo_root, wait_for,
+    TestNamespace, client, container_status, identity, images, kubeconfig_path, refusal, repo_root, wait_for,
 };
-use k8s_openapi::api::{
-    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{Pod, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -48,42 +45,17 @@ fn message(p: &Pod) -> String {
 /// A token of the node agent's service account bound to a pod on `node`, as a
 /// DaemonSet pod's token is: the webhook reads the node from it.
 async fn agent_token(client: &Client, node: &str) -> Result<String> {
-    let ns = MANAGER_NAMESPACE;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account =
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NODE_AGENT_SERVICE_ACCOUNT}});
-    accounts.patch(NODE_AGENT_SERVICE_ACCOUNT, &PatchParams::apply("berth-e2e"), &Patch::Apply(account)).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
     let name = format!("e2e-agent-{node}");
     let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
         "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": images().0}]}});
     let placeholder = pods.patch(&name, &PatchParams::apply("berth-e2e"), &Patch::Apply(placeholder)).await?;
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name.clone()),
-                uid: placeholder.uid(),
-            }),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    accounts
-        .create_token_request(NODE_AGENT_SERVICE_ACCOUNT, &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("no token in the TokenRequest status")
+    identity::token(client, MANAGER_NAMESPACE, NODE_AGENT_SERVICE_ACCOUNT, Some(&placeholder)).await
 }
 
 /// A client acting as the node agent of `node`.
 async fn agent_of(client: &Client, node: &str) -> Result<Client> {
-    let mut config = config().await?;
-    config.auth_info = AuthInfo { token: Some(agent_token(client, node).await?.into()), ..Default::default() };
-    Ok(Client::try_from(config)?)
+    identity::client_with(agent_token(client, node).await?).await
 }
 
 /// The real node agent for `node`, as a process on this host with its node-bound token; killed on drop.
