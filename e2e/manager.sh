@@ -21,6 +21,8 @@ REPLICA="${2:-1}"
 NAME="berth-manager$([[ $REPLICA == 1 ]] || echo "-$REPLICA")"
 PID="$STATE/pids/$NAME.pid" LOG="$STATE/logs/$NAME.log"
 export BERTH_LEASE_DURATION="${BERTH_LEASE_DURATION:-6}" BERTH_LEASE_GRACE="${BERTH_LEASE_GRACE:-2}"
+# Accepted resizes nobody applies expire soon on the local cluster (the resize suite waits for it).
+export BERTH_RESIZE_ACCEPT_DEADLINE="${BERTH_RESIZE_ACCEPT_DEADLINE:-15}"
 kubectl() { "${BERTH_K8S:?}" kubectl --kubeconfig "$STATE/kubeconfig" "$@"; }
 
 free_port() {

@@ -108,6 +108,7 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
     pods.patch("fits", &PatchParams::default(), &Patch::Merge(submit(grow))).await?;
     let p = wait_for(&pods, "fits", Duration::from_secs(60), "Accepted", state_is("Accepted")).await?;
     assert!(message(&p).starts_with("fits node hollow-node-0: cpu "), "{}", message(&p));
+    assert!(p.annotations().contains_key(keys::RESIZE_ACCEPTED_AT), "the acceptance time is recorded");
 
     // Over-commits: 64 CPUs (its limit raised too, staying Burstable) on an 8-CPU node.
     let huge = json!({"containers": {"app": {"requests": {"cpu": "64"}, "limits": {"cpu": "128"}}}});
@@ -138,6 +139,13 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
     let agent_1: Api<Pod> = Api::namespaced(agent_of(&client, "hollow-node-1").await?, &ns.name);
     agent_1.patch("eager", &PatchParams::default(), &Patch::Merge(applied)).await?;
     assert_eq!(pods.get("eager").await?.annotations().get(keys::RESIZE_STATE).map(String::as_str), Some("Applied"));
+    // No agent runs for node 0: "fits" expires to Failed (manager.sh gives a 15 s deadline).
+    let p = wait_for(&pods, "fits", Duration::from_secs(60), "expired", state_is("Failed")).await?;
+    assert!(
+        message(&p).contains("not applied within 15s: is the node agent of hollow-node-0 running?"),
+        "{}",
+        message(&p)
+    );
     let agents: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
     for node in ["hollow-node-0", "hollow-node-1"] {
         agents.delete(&format!("e2e-agent-{node}"), &Default::default()).await?;

@@ -24,6 +24,9 @@ pub const LIFECYCLE_STATE: &str = "berth.dev/lifecycle-state";
 pub const RESIZE: &str = "berth.dev/resize";
 /// State of the resize request (see [`crate::resize::ResizeState`]).
 pub const RESIZE_STATE: &str = "berth.dev/resize-state";
+/// When the manager accepted the current resize (RFC 3339): an Accepted request
+/// older than the manager's deadline expires to Failed.
+pub const RESIZE_ACCEPTED_AT: &str = "berth.dev/resize-accepted-at";
 /// Human-readable reason for the current resize state (the numbers behind a Rejected or Failed).
 pub const RESIZE_MESSAGE: &str = "berth.dev/resize-message";
 /// Marks a pod whose resources the node agent changes itself through CRI,
@@ -53,6 +56,7 @@ mod tests {
             RESIZE,
             RESIZE_STATE,
             RESIZE_MESSAGE,
+            RESIZE_ACCEPTED_AT,
             RESIZE_AGENT_MANAGED,
             INPLACE_UPDATE_STATE,
             SIDECARSET_REVISIONS,

@@ -37,6 +37,10 @@ struct Args {
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
 
+    /// Seconds an accepted resize may wait for the node agent before the manager marks it Failed.
+    #[arg(long, env = "BERTH_RESIZE_ACCEPT_DEADLINE", default_value_t = 300)]
+    resize_accept_deadline: u64,
+
     #[command(flatten)]
     webhooks: berth_webhooks::Options,
 
@@ -144,7 +148,8 @@ async fn main() -> anyhow::Result<()> {
     let [inplaceset_events, sidecarset_events, resize_events] = events;
     let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events);
     let sidecarsets = berth_sidecarset::controller::run(client.clone(), store.clone(), sidecarset_events, namespace);
-    let resizes = berth_resize::controller::run(client.clone(), store, resize_events);
+    let deadline = Duration::from_secs(args.resize_accept_deadline);
+    let resizes = berth_resize::controller::run(client.clone(), store, resize_events, deadline);
     // The first to end (a shutdown signal: they stop on it themselves) ends them all.
     let mut controllers = Box::pin(async {
         tokio::select! {

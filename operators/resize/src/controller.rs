@@ -8,7 +8,10 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use berth_api::{keys, resize::ResizeState};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::{
+    api::core::v1::{Node, Pod},
+    jiff::{SignedDuration, Timestamp},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
@@ -20,7 +23,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::feasibility::{decide_node, resize_of};
+use crate::feasibility::{decide_node, overdue, resize_of};
 
 pub const FIELD_MANAGER: &str = "berth-manager";
 /// How often every cached pod is looked at again, in case a change was missed.
@@ -35,7 +38,12 @@ fn waiting_node(pod: &Pod) -> Option<String> {
 
 /// Decides requests until the process ends: `pods` is the manager's shared
 /// cache (to notice requests), `changes` its stream of changed pods.
-pub async fn run(client: Client, pods: Store<Pod>, changes: impl Stream<Item = Arc<Pod>> + Send + 'static) {
+pub async fn run(
+    client: Client,
+    pods: Store<Pod>,
+    changes: impl Stream<Item = Arc<Pod>> + Send + 'static,
+    deadline: Duration,
+) {
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
         return;
@@ -44,11 +52,12 @@ pub async fn run(client: Client, pods: Store<Pod>, changes: impl Stream<Item = A
     let recorder = Recorder::new(client.clone(), reporter);
     // Nodes with a waiting request: from changes as they come, and from the whole cache on each resync.
     let noticed = changes.filter_map(|pod| futures::future::ready(waiting_node(&pod).map(|n| BTreeSet::from([n]))));
-    let resync = futures::stream::unfold(pods, |pods| async move {
+    let resync = futures::stream::unfold(pods.clone(), |pods| async move {
         tokio::time::sleep(RESYNC).await;
         let nodes: BTreeSet<String> = pods.state().iter().filter_map(|p| waiting_node(p)).collect();
         Some((nodes, pods))
     });
+    let deadline = SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX);
     let mut work = Box::pin(futures::stream::select(noticed, resync).ready_chunks(256));
     // One node at a time, in this one task: a decision sees every earlier one.
     while let Some(batches) = work.next().await {
@@ -57,6 +66,7 @@ pub async fn run(client: Client, pods: Store<Pod>, changes: impl Stream<Item = A
                 warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
             }
         }
+        expire(&client, &recorder, &pods, deadline).await;
     }
 }
 
@@ -75,8 +85,9 @@ async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result
             Err(m) => (ResizeState::Rejected, m, EventType::Warning, "ResizeRejected"),
         };
         // Guarded: a pod changed since the list is decided again next pass.
+        let accepted_at = (state == ResizeState::Accepted).then(|| Timestamp::now().to_string());
         let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
-            keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message}}});
+            keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message, keys::RESIZE_ACCEPTED_AT: accepted_at}}});
         let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
         match api.patch(&decision.name, &PatchParams::default(), &Patch::Merge(patch)).await {
             Ok(_) => {}
@@ -96,4 +107,34 @@ async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result
         }
     }
     Ok(())
+}
+
+/// Accepted requests the node agent never finished: Failed with the reason
+/// (the manager's Expire transition), so none stays Accepted forever.
+async fn expire(client: &Client, recorder: &Recorder, pods: &Store<Pod>, deadline: SignedDuration) {
+    let now = Timestamp::now();
+    for pod in pods.state() {
+        let Some(why) = overdue(&pod, now, deadline) else { continue };
+        let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
+            keys::RESIZE_STATE: ResizeState::Failed.as_str(), keys::RESIZE_MESSAGE: why}}});
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {
+                warn!(pod = %pod.name_any(), reason = %why, "resize expired");
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "ResizeExpired".into(),
+                    note: Some(why),
+                    action: "Resize".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+                    warn!(pod = %pod.name_any(), error = %e, "could not record Event");
+                }
+            }
+            Err(e) => {
+                warn!(pod = %pod.name_any(), error = %e, "could not expire the resize; retried on the next resync")
+            }
+        }
+    }
 }

@@ -162,6 +162,24 @@ pub fn decide_node(node: &Node, pods: &[Pod]) -> Vec<Decision> {
     out
 }
 
+/// Why an Accepted request is overdue (accepted longer than `deadline` ago,
+/// and the node agent never finished it), if it is.
+pub fn overdue(
+    pod: &Pod,
+    now: k8s_openapi::jiff::Timestamp,
+    deadline: k8s_openapi::jiff::SignedDuration,
+) -> Option<String> {
+    if !matches!(resize_of(pod), Some((ResizeState::Accepted, _))) {
+        return None;
+    }
+    let at = pod.metadata.annotations.as_ref()?.get(keys::RESIZE_ACCEPTED_AT)?;
+    let at: k8s_openapi::jiff::Timestamp = at.parse().ok()?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("(none)");
+    (now.duration_since(at) > deadline).then(|| {
+        format!("accepted at {at} but not applied within {}s: is the node agent of {node} running?", deadline.as_secs())
+    })
+}
+
 #[cfg(test)]
 #[path = "feasibility_tests.rs"]
 mod tests;

@@ -104,3 +104,20 @@ fn an_unreadable_request_is_rejected_with_the_parse_error() {
     let d = decide_node(&n, &[p]);
     assert!(d[0].outcome.as_ref().unwrap_err().contains("expected JSON like"));
 }
+
+#[test]
+fn an_accepted_request_past_the_deadline_is_overdue() {
+    let mut p = pod("a", "1", "1Gi", Some(("Accepted", cpu("2"))));
+    let annotations = p.metadata.annotations.as_mut().unwrap();
+    annotations.insert(keys::RESIZE_ACCEPTED_AT.into(), "2026-11-22T10:00:00Z".into());
+    let deadline = k8s_openapi::jiff::SignedDuration::from_secs(300);
+    let at = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    assert_eq!(overdue(&p, at("2026-11-22T10:05:00Z"), deadline), None);
+    let why = overdue(&p, at("2026-11-22T10:05:01Z"), deadline).unwrap();
+    assert_eq!(
+        why,
+        "accepted at 2026-11-22T10:00:00Z but not applied within 300s: is the node agent of node-a running?"
+    );
+    p.metadata.annotations.as_mut().unwrap().insert(keys::RESIZE_STATE.into(), "Applied".into());
+    assert_eq!(overdue(&p, at("2026-11-23T10:00:00Z"), deadline), None, "only Accepted requests expire");
+}
