@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod conditions;
+pub mod controllers;
 pub mod diff;
 pub mod patch;
 pub mod pods;

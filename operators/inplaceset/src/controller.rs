@@ -82,20 +82,11 @@ pub async fn run(client: Client, pods: Store<Pod>, pod_events: impl futures::Str
         warn!("pod or claim cache never became ready");
         return;
     }
-    Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
+    let results = Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_events)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                // error_policy has logged it, with the set's name; or the set is gone.
-                Ok(_)
-                | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
-                | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
-                Err(e) => warn!(error = %e, "controller error"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    berth_inplace::controllers::run_logged(results, "inplaceset").await;
 }
 
 fn error_policy(set: Arc<InplaceSet>, error: &Error, _: Arc<Context>) -> Requeue {

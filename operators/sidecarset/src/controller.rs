@@ -9,7 +9,6 @@ use berth_api::{
     sidecarset::{InjectedRevision, injected_revisions},
 };
 use berth_inplace::apply;
-use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::ControllerRevision,
@@ -80,23 +79,15 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         namespace,
     });
-    Controller::new(Api::<SidecarSet>::all(client), watcher::Config::default())
+    let results = Controller::new(Api::<SidecarSet>::all(client), watcher::Config::default())
         // A pod change concerns every set its record names.
         .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
             let records = injected_revisions(pod.metadata.annotations.as_ref()).unwrap_or_default();
             records.into_keys().map(|name| ObjectRef::new(&name)).collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok(_)
-                | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
-                | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
-                Err(e) => warn!(error = %e, "sidecarset controller error"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    berth_inplace::controllers::run_logged(results, "sidecarset").await;
 }
 
 fn error_policy(set: Arc<SidecarSet>, error: &Error, _: Arc<Context>) -> Requeue {
