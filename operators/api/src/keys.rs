@@ -29,6 +29,10 @@ pub const RESIZE_STATE: &str = "berth.dev/resize-state";
 pub const RESIZE_ACCEPTED_AT: &str = "berth.dev/resize-accepted-at";
 /// Human-readable reason for the current resize state (the numbers behind a Rejected or Failed).
 pub const RESIZE_MESSAGE: &str = "berth.dev/resize-message";
+/// What the node agent verified in the runtime's cgroups after its last
+/// Applied resize through CRI (see [`crate::resize::AppliedResources`]): the
+/// auditor compares it with the request.
+pub const RESIZE_APPLIED: &str = "berth.dev/resize-applied";
 /// Marks a pod whose resources the node agent changes itself through CRI,
 /// bypassing the kubelet's `pods/resize` path.
 pub const RESIZE_AGENT_MANAGED: &str = "berth.dev/resize-agent-managed";

@@ -177,6 +177,30 @@ pub struct CpusetPolicy {
     pub exclusive_cpus: u32,
 }
 
+/// The payload of [`crate::keys::RESIZE_APPLIED`]: per container, the
+/// values the node agent read back from the container's cgroup after a
+/// resize it made through CRI (absent fields were left alone).
+pub type AppliedResources = BTreeMap<String, AppliedContainer>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedContainer {
+    /// CFS quota in microseconds per period (-1: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    /// cgroup v1 cpu.shares (on v2, the weight converted back to shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+    /// Bytes (-1: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<i64>,
+    /// Exclusive CPUs, in cpuset list form ("2-3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_cpus: Option<String>,
+}
+
 /// Resources a resize may change.
 pub const RESIZABLE_RESOURCES: [&str; 2] = ["cpu", "memory"];
 
