@@ -16,6 +16,10 @@ pub struct InPlaceUpdateState {
     /// Changed containers → what each ran before the update. A container is
     /// updated once it runs as a new container (or reports a new image ID) and is ready.
     pub containers: BTreeMap<String, ContainerBefore>,
+    /// This update's first phase is a resize request (berth.dev/resize) for a
+    /// cpu/memory change: the images and labels follow once it is Applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resize: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +55,9 @@ mod tests {
                 "app".into(),
                 ContainerBefore { image_id: "sha256:aa".into(), container_id: "containerd://1".into() },
             )]),
+            resize: false,
         };
+        assert!(!state.to_annotation().contains("resize"), "absent unless set: older pods parse unchanged");
         assert_eq!(InPlaceUpdateState::parse(&state.to_annotation()), Ok(state));
         let err = InPlaceUpdateState::parse("{").unwrap_err();
         assert!(err.starts_with("invalid berth.dev/inplace-update-state annotation:"), "{err}");

@@ -107,6 +107,13 @@ impl ResizeEvent {
         }
     }
 
+    /// Whether `actor` may cause this event: its own actor, and also the
+    /// manager for Submit and Cancel (the InplaceSet controller rolls a
+    /// resources-only template change as resize requests).
+    pub fn allows(self, actor: Actor) -> bool {
+        self.actor() == actor || (matches!(self, Self::Submit | Self::Cancel) && actor == Actor::Manager)
+    }
+
     /// The events that turn `from` into `to` (several may: Fail and Expire).
     pub fn between(from: Option<ResizeState>, to: Option<ResizeState>) -> Vec<ResizeEvent> {
         Self::ALL.into_iter().filter(|e| transition(from, *e) == Ok(to)).collect()
@@ -283,6 +290,13 @@ mod tests {
         assert_eq!(E::Expire.actor(), Actor::Manager);
         assert_eq!(E::Apply.actor(), Actor::NodeAgent);
         assert_eq!(E::Fail.actor(), Actor::NodeAgent);
+        // Who else: the manager submits and cancels for InplaceSet rollouts; nobody else doubles up.
+        for e in E::ALL {
+            for a in [Actor::Requester, Actor::Manager, Actor::NodeAgent] {
+                let extra = matches!(e, E::Submit | E::Cancel) && a == Actor::Manager;
+                assert_eq!(e.allows(a), e.actor() == a || extra, "{e:?} by {a:?}");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
+use berth_api::resize::ResizeRequest;
+
 use crate::{InPlaceChanges, patch};
 
 /// Sets the pod's [`berth_api::keys::INPLACE_UPDATE_READY`] condition: False
@@ -39,11 +41,35 @@ pub async fn start(
     marker: impl Fn(&Pod) -> Option<String>,
     now: Timestamp,
 ) -> kube::Result<bool> {
+    let build = |pod: &Pod| patch::start_patch_labelled(pod, changes, revision, revision_label, now);
+    guarded(pods, name, marker, build).await
+}
+
+/// Starts the resize phase of an update to `revision`: submits `request`
+/// (see [`patch::start_resize_patch`]), retried on conflicts like [`start`].
+pub async fn start_resize(
+    pods: &Api<Pod>,
+    name: &str,
+    revision: &str,
+    request: &ResizeRequest,
+    marker: impl Fn(&Pod) -> Option<String>,
+    now: Timestamp,
+) -> kube::Result<bool> {
+    guarded(pods, name, marker, |pod: &Pod| patch::start_resize_patch(pod, request, revision, now)).await
+}
+
+/// Sends the resourceVersion-guarded patch `build` makes from the pod,
+/// re-reading and retrying on a conflict while `marker` is unchanged.
+async fn guarded(
+    pods: &Api<Pod>,
+    name: &str,
+    marker: impl Fn(&Pod) -> Option<String>,
+    build: impl Fn(&Pod) -> serde_json::Value,
+) -> kube::Result<bool> {
     let mut current = pods.get(name).await?;
     let planned_from = marker(&current);
     for attempt in 1.. {
-        let start = patch::start_patch_labelled(&current, changes, revision, revision_label, now);
-        match pods.patch(name, &PatchParams::default(), &Patch::Strategic(start)).await {
+        match pods.patch(name, &PatchParams::default(), &Patch::Strategic(build(&current))).await {
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
                 current = pods.get(name).await?;
                 if marker(&current) != planned_from {

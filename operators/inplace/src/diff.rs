@@ -2,11 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use berth_api::{
+    resize::{ContainerResources, RESIZABLE_RESOURCES, ResizeRequest},
+    resize_pod,
+};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
 use serde_json::Value;
 
 /// What moving a pod from one template to another takes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum UpdatePlan {
     /// The templates are the same.
     Unchanged,
@@ -17,7 +21,7 @@ pub enum UpdatePlan {
 }
 
 /// The parts of a pod an in-place update changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InPlaceChanges {
     /// Container name → new image (app containers and native sidecars).
     pub images: BTreeMap<String, String>,
@@ -25,11 +29,24 @@ pub struct InPlaceChanges {
     pub labels: BTreeMap<String, Option<String>>,
     /// Annotation → new value, or `None` to remove it.
     pub annotations: BTreeMap<String, Option<String>>,
+    /// Container name → new cpu/memory requests and limits: carried out as a
+    /// resize request (berth.dev/resize) before the rest of the update.
+    pub resources: BTreeMap<String, ContainerResources>,
 }
 
 impl InPlaceChanges {
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty() && self.labels.is_empty() && self.annotations.is_empty()
+        self.images.is_empty() && self.labels.is_empty() && self.annotations.is_empty() && self.resources.is_empty()
+    }
+
+    /// The resize request carrying [`Self::resources`], if any.
+    pub fn resize_request(&self) -> Option<ResizeRequest> {
+        (!self.resources.is_empty()).then(|| ResizeRequest { containers: self.resources.clone(), cpuset: None })
+    }
+
+    /// The same changes without the resources (what follows the resize).
+    pub fn without_resources(&self) -> Self {
+        Self { resources: BTreeMap::new(), ..self.clone() }
     }
 }
 
@@ -76,6 +93,12 @@ pub fn plan_update(old: &PodTemplateSpec, new: &PodTemplateSpec) -> UpdatePlan {
         reasons.push(format!("spec.{field} changed"));
     }
 
+    if let Some(request) = changes.resize_request()
+        && let Err(why) = resizable(&old_spec, &new_spec, &request)
+    {
+        reasons.push(why);
+    }
+
     if !reasons.is_empty() {
         UpdatePlan::Recreate(reasons)
     } else if changes.is_empty() {
@@ -111,8 +134,18 @@ fn compare_containers(
                 _ => reasons.push(format!("spec.{list}[{}].image changed on a container that runs once", n.name)),
             }
         }
+        if o.resources != n.resources {
+            match (resource_change(o.resources.as_ref(), n.resources.as_ref()), all_restartable) {
+                (Ok(change), true) => {
+                    changes.resources.insert(n.name.clone(), change);
+                }
+                (Ok(_), false) => reasons.push(format!("spec.{list}[{}].resources changed", n.name)),
+                (Err(why), _) => reasons.push(format!("spec.{list}[{}].resources: {why}", n.name)),
+            }
+        }
         let without_image = |c: &Container| {
-            let mut v = serde_json::to_value(Container { image: None, ..c.clone() }).expect("Container serializes");
+            let plain = Container { image: None, resources: None, ..c.clone() };
+            let mut v = serde_json::to_value(plain).expect("Container serializes");
             if let Value::Object(map) = &mut v {
                 map.remove("name");
             }
@@ -122,6 +155,54 @@ fn compare_containers(
             reasons.push(format!("spec.{list}[{}].{field} changed", n.name));
         }
     }
+}
+
+/// The new cpu/memory values of a container whose resources changed, or why
+/// only a recreate can change them.
+fn resource_change(
+    old: Option<&ResourceRequirements>,
+    new: Option<&ResourceRequirements>,
+) -> Result<ContainerResources, String> {
+    let (old, new) = (old.cloned().unwrap_or_default(), new.cloned().unwrap_or_default());
+    if old.claims != new.claims {
+        return Err("claims changed".into());
+    }
+    let mut out = ContainerResources::default();
+    for (kind, before, after, into) in [
+        ("requests", &old.requests, &new.requests, &mut out.requests),
+        ("limits", &old.limits, &new.limits, &mut out.limits),
+    ] {
+        let (before, after) = (before.clone().unwrap_or_default(), after.clone().unwrap_or_default());
+        for name in before.keys().chain(after.keys()) {
+            if before.get(name) == after.get(name) {
+                continue;
+            }
+            if !RESIZABLE_RESOURCES.contains(&name.as_str()) {
+                return Err(format!("{kind}.{name} changed; only cpu and memory change in place"));
+            }
+            match after.get(name) {
+                Some(q) => {
+                    into.insert(name.clone(), q.clone());
+                }
+                None => return Err(format!("{kind}.{name} removed; a resize can change a value, not remove it")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the pod can take `request` as a resize (QoS class kept, limits
+/// cover requests): else the reason a recreate is needed.
+fn resizable(old: &PodSpec, new: &PodSpec, request: &ResizeRequest) -> Result<(), String> {
+    resize_pod::check(old, request).map_err(|e| format!("spec.containers resources: {e}"))?;
+    // What the request yields must be the new template's values exactly.
+    let after = resize_pod::resized(old, request)?;
+    for c in &new.containers {
+        if request.containers.contains_key(&c.name) && Some(&after[&c.name]) != c.resources.as_ref() {
+            return Err(format!("spec.containers[{}].resources cannot be reached by a resize", c.name));
+        }
+    }
+    Ok(())
 }
 
 fn map_changes(
@@ -206,12 +287,50 @@ mod tests {
     }
 
     #[test]
+    fn a_cpu_or_memory_change_goes_in_place_as_a_resize_with_the_images() {
+        let got = plan(|t| {
+            t["spec"]["containers"][0]["image"] = json!("web:2");
+            t["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "2"}, "requests": {"memory": "1Gi"}});
+            t["spec"]["containers"][1]["resources"] = json!({"requests": {"cpu": "100m"}});
+        });
+        let UpdatePlan::InPlace(changes) = got else { panic!("{got:?}") };
+        assert_eq!(changes.images, BTreeMap::from([("app".into(), "web:2".into())]));
+        let request = changes.resize_request().unwrap();
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"containers": {
+                "app": {"limits": {"cpu": "2"}, "requests": {"memory": "1Gi"}},
+                "log": {"requests": {"cpu": "100m"}}
+            }})
+        );
+        assert!(changes.without_resources().resize_request().is_none());
+        assert_eq!(changes.without_resources().images, changes.images);
+    }
+
+    #[test]
     fn every_other_change_recreates_and_names_the_field() {
         type Case = (fn(&mut Value), &'static str);
         let cases: Vec<Case> = vec![
             (
-                |t| t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("2"),
-                "spec.containers[app].resources changed",
+                |t| t["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("2Gi"),
+                "spec.containers[app].resources: limits.ephemeral-storage changed; only cpu and memory change in place",
+            ),
+            (
+                |t| t["spec"]["containers"][0]["resources"] = json!({}),
+                "spec.containers[app].resources: limits.cpu removed; a resize can change a value, not remove it",
+            ),
+            (
+                |t| t["spec"]["initContainers"][1]["resources"] = json!({"limits": {"cpu": "1"}}),
+                "spec.initContainers[proxy].resources changed",
+            ),
+            (
+                // Every container gets equal requests and limits: Burstable → Guaranteed.
+                |t| {
+                    t["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+                    t["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+                },
+                "spec.containers resources: the pod's QoS class would change from Burstable to Guaranteed; a resize \
+                 must keep it (Guaranteed: requests equal limits for cpu and memory in every container)",
             ),
             (
                 |t| t["spec"]["containers"][1]["env"] = json!([{"name": "A", "value": "1"}]),

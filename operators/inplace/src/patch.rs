@@ -6,6 +6,7 @@
 use berth_api::{
     inplace::{ContainerBefore, InPlaceUpdateState},
     keys,
+    resize::{ResizeRequest, ResizeState},
 };
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use serde_json::{Map, Value, json};
@@ -55,6 +56,7 @@ pub fn start_patch_labelled(
         revision: revision.to_string(),
         update_timestamp: now.to_string(),
         containers: changes.images.keys().map(|name| (name.clone(), running(pod, name))).collect(),
+        resize: false,
     };
     let mut labels: Map<String, Value> = changes.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     if let Some(label) = revision_label {
@@ -75,6 +77,31 @@ pub fn start_patch_labelled(
         patch["spec"]["initContainers"] = json!(init_containers);
     }
     patch
+}
+
+/// Merge patch that starts the first phase of an update changing cpu/memory:
+/// a resize request (Created) for the feasibility check and the node agent,
+/// and an [`InPlaceUpdateState`] marked `resize` so progress follows the
+/// request. Images, labels and the revision label come after it is Applied;
+/// the pod keeps serving meanwhile. Guarded by the resourceVersion.
+pub fn start_resize_patch(pod: &Pod, request: &ResizeRequest, revision: &str, now: Timestamp) -> Value {
+    let state = InPlaceUpdateState {
+        revision: revision.to_string(),
+        update_timestamp: now.to_string(),
+        resize: true,
+        ..Default::default()
+    };
+    json!({"metadata": {
+        "resourceVersion": pod.metadata.resource_version,
+        "annotations": {
+            keys::RESIZE: serde_json::to_string(request).expect("plain struct serializes"),
+            keys::RESIZE_STATE: ResizeState::Created.as_str(),
+            keys::RESIZE_MESSAGE: format!("submitted by berth for the rollout to revision {revision}"),
+            keys::RESIZE_ACCEPTED_AT: null,
+            keys::RESIZE_APPLIED: null,
+            keys::INPLACE_UPDATE_STATE: state.to_annotation(),
+        },
+    }})
 }
 
 /// Patch that ends the update: the state annotation is removed.
@@ -121,11 +148,27 @@ mod tests {
     }
 
     #[test]
+    fn a_resize_phase_submits_a_request_and_leaves_images_and_the_revision_label_alone() {
+        let request: ResizeRequest = r#"{"containers":{"app":{"requests":{"cpu":"750m"}}}}"#.parse().unwrap();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let patch = start_resize_patch(&pod(), &request, "web-abc", now);
+        let annotations = &patch["metadata"]["annotations"];
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(annotations[keys::RESIZE_STATE], "Created");
+        assert_eq!(annotations[keys::RESIZE].as_str().unwrap().parse::<ResizeRequest>().unwrap(), request);
+        assert_eq!(annotations[keys::RESIZE_ACCEPTED_AT], Value::Null, "a stale acceptance time is cleared");
+        let state = InPlaceUpdateState::parse(annotations[keys::INPLACE_UPDATE_STATE].as_str().unwrap()).unwrap();
+        assert!(state.resize && state.containers.is_empty() && state.revision == "web-abc", "{state:?}");
+        assert!(patch.get("spec").is_none() && patch["metadata"].get("labels").is_none(), "{patch}");
+    }
+
+    #[test]
     fn start_patch_changes_images_metadata_and_records_the_state() {
         let changes = InPlaceChanges {
             images: BTreeMap::from([("app".into(), "web:2".into()), ("proxy".into(), "proxy:2".into())]),
             labels: BTreeMap::from([("tier".into(), Some("edge".into())), ("old".into(), None)]),
             annotations: BTreeMap::from([("note".into(), None)]),
+            resources: BTreeMap::new(),
         };
         let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let patch = start_patch(&pod(), &changes, "web-abc", now);

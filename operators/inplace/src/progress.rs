@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{inplace::InPlaceUpdateState, keys};
+use berth_api::{inplace::InPlaceUpdateState, keys, resize::ResizeState};
 use k8s_openapi::{
     api::core::v1::{ContainerStatus, Pod},
     jiff::{SignedDuration, Timestamp},
@@ -16,6 +16,12 @@ pub enum Progress {
     InProgress { revision: String, started: Timestamp, waiting: BTreeMap<String, String> },
     /// Every changed container runs anew and is ready.
     Done { revision: String },
+    /// The resize phase of an update is Applied: the rest of the update (images,
+    /// labels, revision label) is next.
+    Resized { revision: String },
+    /// The resize phase was Rejected or Failed: the pod still runs its old
+    /// revision; the workload recreates it or stops, per its strategy.
+    Refused { revision: String, reason: String },
 }
 
 impl Progress {
@@ -35,6 +41,9 @@ pub fn progress(pod: &Pod) -> Result<Progress, String> {
     let started = state.update_timestamp.parse::<Timestamp>().map_err(|e| {
         format!("invalid {} annotation: updateTimestamp {:?}: {e}", keys::INPLACE_UPDATE_STATE, state.update_timestamp)
     })?;
+    if state.resize {
+        return Ok(resize_progress(pod, state.revision, started));
+    }
     let status = pod.status.as_ref();
     let statuses: Vec<&ContainerStatus> = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -61,6 +70,31 @@ pub fn progress(pod: &Pod) -> Result<Progress, String> {
     } else {
         Progress::InProgress { revision: state.revision, started, waiting }
     })
+}
+
+/// Progress of a resize phase, from the request's state on the pod.
+fn resize_progress(pod: &Pod, revision: String, started: Timestamp) -> Progress {
+    let annotations = pod.metadata.annotations.as_ref();
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let message = get(keys::RESIZE_MESSAGE).unwrap_or_default();
+    let waiting = |why: String| Progress::InProgress {
+        revision: revision.clone(),
+        started,
+        waiting: BTreeMap::from([("resize".to_string(), why)]),
+    };
+    match get(keys::RESIZE_STATE).map(str::parse::<ResizeState>) {
+        Some(Ok(ResizeState::Applied)) => Progress::Resized { revision },
+        Some(Ok(ResizeState::Created)) => waiting("Created: waiting for the feasibility check".into()),
+        Some(Ok(ResizeState::Accepted)) => waiting("Accepted: waiting for the node agent".into()),
+        Some(Ok(state @ (ResizeState::Rejected | ResizeState::Failed))) => {
+            Progress::Refused { revision, reason: format!("resize {state}: {message}") }
+        }
+        Some(Err(e)) => Progress::Refused { revision, reason: e.to_string() },
+        None => Progress::Refused {
+            revision,
+            reason: format!("the resize request was withdrawn ({} removed)", keys::RESIZE_STATE),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +127,7 @@ mod tests {
                 "app".into(),
                 ContainerBefore { image_id: "sha256:a1".into(), container_id: "cri://c1".into() },
             )]),
+            resize: false,
         }
     }
 
@@ -101,6 +136,37 @@ mod tests {
             Progress::InProgress { waiting, .. } => waiting,
             other => panic!("expected InProgress, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_resize_phase_follows_the_request_state() {
+        let resize_state = InPlaceUpdateState { resize: true, containers: BTreeMap::new(), ..state() };
+        let at = |state: Option<&str>, message: &str| {
+            let mut p = pod(("sha256:a1", "cri://c1", true), Some(&resize_state));
+            let a = p.metadata.annotations.as_mut().unwrap();
+            if let Some(s) = state {
+                a.insert(keys::RESIZE_STATE.into(), s.into());
+            }
+            a.insert(keys::RESIZE_MESSAGE.into(), message.into());
+            progress(&p).unwrap()
+        };
+        assert!(waiting_on(at(Some("Created"), ""))["resize"].contains("feasibility"));
+        assert!(waiting_on(at(Some("Accepted"), ""))["resize"].contains("node agent"));
+        assert_eq!(at(Some("Applied"), "ok"), Progress::Resized { revision: "web-2".into() });
+        assert_eq!(
+            at(Some("Rejected"), "cpu: 3 requested, 2 allocatable"),
+            Progress::Refused {
+                revision: "web-2".into(),
+                reason: "resize Rejected: cpu: 3 requested, 2 allocatable".into()
+            }
+        );
+        assert!(
+            matches!(at(Some("Failed"), "memory below usage"), Progress::Refused { reason, .. } if reason.contains("memory below usage"))
+        );
+        assert!(matches!(at(None, ""), Progress::Refused { reason, .. } if reason.contains("withdrawn")));
+        assert!(
+            matches!(at(Some("Done"), ""), Progress::Refused { reason, .. } if reason.contains("unknown resize state"))
+        );
     }
 
     #[test]

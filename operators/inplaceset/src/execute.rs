@@ -97,6 +97,24 @@ pub async fn execute(
             )
             .await;
         }
+        Action::StartResize { name, revision, request } => {
+            let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
+            if !apply::start_resize(pods, name, revision, request, revision_of, now).await? {
+                return Ok(());
+            }
+            let wanted = serde_json::to_string(request).unwrap_or_default();
+            info!(inplaceset = %set.name_any(), pod = %name, %revision, request = %wanted, "submitted resize");
+            publish(
+                ctx,
+                set,
+                Some(name),
+                EventType::Normal,
+                "ResizeRequested",
+                "Update",
+                format!("{name}: resizing in place for {revision}: {wanted}"),
+            )
+            .await;
+        }
         Action::FinishInPlace { name } => {
             apply::finish(pods, name, now).await?;
             let pod = pods.get(name).await?;

@@ -92,9 +92,10 @@ impl PodView {
         matches!(self.lifecycle, None | Some(LifecycleState::Normal))
     }
 
-    /// Serving: Ready, not on its way out, not mid-update.
+    /// Serving: Ready, not on its way out, not mid-update (a pod whose resize
+    /// was refused runs its old revision untouched).
     pub fn serving(&self) -> bool {
-        self.ready && !self.terminating && matches!(self.progress, Progress::Idle)
+        self.ready && !self.terminating && matches!(self.progress, Progress::Idle | Progress::Refused { .. })
     }
 }
 

@@ -94,7 +94,7 @@ pub struct Observed {
     pub now: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Gate False, then the new sidecar images and the updated record, in place.
     Upgrade { namespace: String, name: String, changes: InPlaceChanges },
@@ -115,7 +115,7 @@ pub enum Blocked {
     InvalidSpec(String),
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
     pub blocked: Vec<Blocked>,

@@ -114,12 +114,12 @@ impl ResizeRule {
             ));
         };
         let actor = self.actor(who);
-        let allowed = events.iter().any(|e| e.actor() == actor);
+        let allowed = events.iter().any(|e| e.allows(actor));
         if !allowed {
             let owner = match event.actor() {
                 Actor::Manager => format!("the berth manager ({})", self.manager_username),
                 Actor::NodeAgent => format!("the node agent ({}) of the pod's node", self.node_agent_username),
-                Actor::Requester => "a user or controller other than berth's".to_string(),
+                Actor::Requester => "a user, a controller or the berth manager (never the node agent)".to_string(),
             };
             return Err(format!(
                 "{} {} -> {} ({event:?}) is made only by {owner}; {} may not make it",

@@ -1,7 +1,7 @@
 //! The InplaceSet planner: observed state in, actions out. No I/O.
 
 mod claims;
-mod order;
+pub mod order;
 mod repair;
 pub mod rollout;
 mod update;
@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use berth_api::{
     inplaceset::{LifecycleHook, PodManagementPolicy, RetryRecord, RolloutStatus, UpdateStrategyType},
     lifecycle::LifecycleState,
+    resize::ResizeRequest,
 };
 use berth_inplace::{InPlaceChanges, progress::Progress};
 use k8s_openapi::jiff::SignedDuration;
@@ -22,7 +23,7 @@ use crate::{Observed, PodView};
 /// How long an in-place update may take before it is reported as stuck.
 pub const IN_PLACE_DEADLINE: SignedDuration = SignedDuration::from_secs(300);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Create pod `<set>-<ordinal>` from `revision`, kept off `avoid_nodes`.
     Create { ordinal: i32, revision: String, avoid_nodes: Vec<String> },
@@ -41,6 +42,9 @@ pub enum Action {
     CloseGate { name: String },
     /// Readiness gate False, then apply `changes` in place.
     StartInPlace { name: String, revision: String, changes: InPlaceChanges },
+    /// First phase of an update changing cpu/memory: submit `request` (the
+    /// pod keeps serving); the rest follows once it is Applied.
+    StartResize { name: String, revision: String, request: ResizeRequest },
     /// The update completed: readiness gate True, state annotation removed.
     FinishInPlace { name: String },
     /// A pod with no update in flight whose readiness gate is not True (new,
@@ -67,6 +71,7 @@ impl Action {
             | Action::Retry { name, .. }
             | Action::CloseGate { name }
             | Action::StartInPlace { name, .. }
+            | Action::StartResize { name, .. }
             | Action::FinishInPlace { name }
             | Action::OpenGate { name }
             | Action::Transition { name, .. } => Some(name),
@@ -204,6 +209,14 @@ pub fn plan(observed: &Observed) -> Plan {
                 out.actions.push(Action::OpenGate { name: pod.name.clone() })
             }
             Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
+            // A resize phase for a revision no longer the target: drop its record, then plan afresh.
+            Progress::Resized { revision } | Progress::Refused { revision, .. } if *revision != o.update_revision => {
+                out.actions.push(Action::FinishInPlace { name: pod.name.clone() })
+            }
+            // Refused: it keeps running its old revision; back into endpoints if the update had taken it out.
+            Progress::Refused { .. } if !pod.gate_open && pod.lifecycle != Some(LifecycleState::PreparingDelete) => {
+                out.actions.push(Action::OpenGate { name: pod.name.clone() })
+            }
             p @ Progress::InProgress { waiting, .. } if p.is_overdue(o.now, IN_PLACE_DEADLINE) => {
                 out.blocked.push(Blocked::Overdue { name: pod.name.clone(), waiting: waiting.clone() })
             }

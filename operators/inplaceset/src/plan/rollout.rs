@@ -1,6 +1,6 @@
 //! Rollout plans: which batch is running, and the partition it implies.
 
-use berth_api::inplaceset::RolloutStatus;
+use berth_api::inplaceset::{RolloutPlan, RolloutStatus};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use berth_inplace::scaled;
@@ -31,13 +31,7 @@ pub struct RolloutStep {
 /// Advances the rollout plan by at most one step. `None` without a plan.
 pub fn step(o: &Observed, replicas: i32) -> Result<Option<RolloutStep>, String> {
     let Some(plan) = &o.spec.rollout_plan else { return Ok(None) };
-    if plan.batches.is_empty() {
-        return Err("batches: at least one batch is needed".into());
-    }
-    let mut targets = Vec::new();
-    for (i, batch) in plan.batches.iter().enumerate() {
-        targets.push(scaled::resolve_up(Some(&batch.replicas), replicas).map_err(|e| format!("batches[{i}]: {e}"))?);
-    }
+    let targets = batch_targets(plan, replicas)?;
     let last = plan.batches.len() - 1;
     let now = o.now;
     let previous = o.previous.rollout.as_ref().filter(|r| r.revision == o.update_revision);
@@ -122,6 +116,18 @@ pub fn step(o: &Observed, replicas: i32) -> Result<Option<RolloutStep>, String> 
     let i = (s.current_batch.max(0) as usize).min(last);
     let partition = if s.state == ROLLED_BACK { 0 } else { replicas - targets[i] };
     Ok(Some(RolloutStep { hold: s.state == FAILED, status: s, partition: partition.max(0), requeue_after }))
+}
+
+/// Pods at the new revision once each batch is done (percents rounded up).
+pub fn batch_targets(plan: &RolloutPlan, replicas: i32) -> Result<Vec<i32>, String> {
+    if plan.batches.is_empty() {
+        return Err("batches: at least one batch is needed".into());
+    }
+    let mut targets = Vec::new();
+    for (i, batch) in plan.batches.iter().enumerate() {
+        targets.push(scaled::resolve_up(Some(&batch.replicas), replicas).map_err(|e| format!("batches[{i}]: {e}"))?);
+    }
+    Ok(targets)
 }
 
 /// Pods of the wanted ordinals at the update revision and available.

@@ -32,7 +32,15 @@ fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-/// Revision r1 runs web:1; r2 (the update revision) runs web:2; r3 changes cpu.
+/// A template whose change from the others only a recreate can carry.
+fn command_template() -> PodTemplateSpec {
+    let mut t = template("web:1", "1");
+    t.spec.as_mut().unwrap().containers[0].command = Some(vec!["serve".into()]);
+    t
+}
+
+/// Revision r1 runs web:1; r2 (the update revision) runs web:2; r3 changes the
+/// command (recreate only); r4 runs web:2 with twice the cpu (a resize first).
 fn observed(spec: InplaceSetSpec, pods: Vec<PodView>) -> Observed {
     Observed {
         name: "web".into(),
@@ -43,7 +51,8 @@ fn observed(spec: InplaceSetSpec, pods: Vec<PodView>) -> Observed {
         templates: BTreeMap::from([
             ("r1".into(), template("web:1", "1")),
             ("r2".into(), template("web:2", "1")),
-            ("r3".into(), template("web:1", "2")),
+            ("r3".into(), command_template()),
+            ("r4".into(), template("web:2", "2")),
         ]),
         claims: vec![],
         previous: InplaceSetStatus::default(),
@@ -77,6 +86,7 @@ fn summary(p: &Plan) -> Vec<String> {
             Action::ScaleDown { name } => format!("scale-down {name}"),
             Action::Recreate { name, .. } => format!("recreate {name}"),
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
+            Action::StartResize { name, revision, .. } => format!("resize {name}@{revision}"),
             Action::FinishInPlace { name } => format!("finish {name}"),
             Action::OpenGate { name } => format!("open-gate {name}"),
             Action::CloseGate { name } => format!("close-gate {name}"),
@@ -176,15 +186,77 @@ fn a_change_that_cannot_go_in_place_recreates_or_blocks_per_strategy() {
     let p = plan(&observed(spec(1, json!({})), pods.clone()));
     assert_eq!(
         p.actions,
-        [Action::Recreate { name: "web-0".into(), reasons: vec!["spec.containers[app].resources changed".into()] }]
+        [Action::Recreate { name: "web-0".into(), reasons: vec!["spec.containers[app].command changed".into()] }]
     );
 
     let p = plan(&observed(spec(1, json!({"updateStrategy": {"type": "InPlaceOnly"}})), pods));
     assert!(p.actions.is_empty());
     assert_eq!(
         p.blocked,
-        [Blocked::NotInPlace { name: "web-0".into(), reasons: vec!["spec.containers[app].resources changed".into()] }]
+        [Blocked::NotInPlace { name: "web-0".into(), reasons: vec!["spec.containers[app].command changed".into()] }]
     );
+}
+
+#[test]
+fn a_cpu_change_resizes_first_then_changes_images_in_place() {
+    let mut o = observed(spec(2, json!({})), ready_pods(2, "r1"));
+    o.update_revision = "r4".into();
+    let p = plan(&o);
+    assert_eq!(summary(&p), ["resize web-1@r4"], "one at a time: a resizing pod counts as unavailable");
+    let Action::StartResize { request, .. } = &p.actions[0] else { unreachable!() };
+    assert_eq!(serde_json::to_value(request).unwrap(), json!({"containers": {"app": {"limits": {"cpu": "2"}}}}));
+
+    // While the request is in flight nothing else moves (maxUnavailable 1).
+    let resizing = Progress::InProgress {
+        revision: "r4".into(),
+        started: at("2026-11-22T09:59:00Z"),
+        waiting: BTreeMap::from([("resize".into(), "Accepted: waiting for the node agent".into())]),
+    };
+    o.pods[1].progress = resizing;
+    assert!(summary(&plan(&o)).is_empty());
+
+    // Applied: the image follows, without the resources, still at no further cost.
+    o.pods[1].progress = Progress::Resized { revision: "r4".into() };
+    let p = plan(&o);
+    assert_eq!(summary(&p), ["in-place web-1@r4"]);
+    let Action::StartInPlace { changes, .. } = &p.actions[0] else { unreachable!() };
+    assert!(changes.resources.is_empty());
+    assert_eq!(changes.images, BTreeMap::from([("app".to_string(), "web:2".to_string())]));
+}
+
+#[test]
+fn a_refused_resize_recreates_or_blocks_per_strategy_and_a_stale_one_is_dropped() {
+    let refused = |revision: &str| Progress::Refused {
+        revision: revision.into(),
+        reason: "resize Rejected: cpu: 2 requested, 1 free".into(),
+    };
+    let mut o = observed(spec(1, json!({})), ready_pods(1, "r1"));
+    o.update_revision = "r4".into();
+    o.pods[0].progress = refused("r4");
+    assert_eq!(
+        plan(&o).actions,
+        [Action::Recreate { name: "web-0".into(), reasons: vec!["resize Rejected: cpu: 2 requested, 1 free".into()] }]
+    );
+
+    o.spec = spec(1, json!({"updateStrategy": {"type": "InPlaceOnly"}}));
+    o.pods[0].gate_open = false;
+    assert_eq!(summary(&plan(&o)), ["open-gate web-0"], "the pod runs its old revision: back into endpoints");
+    o.pods[0].gate_open = true;
+    let p = plan(&o);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.blocked,
+        [Blocked::NotInPlace {
+            name: "web-0".into(),
+            reasons: vec!["resize Rejected: cpu: 2 requested, 1 free".into()]
+        }]
+    );
+
+    // The template moved on: the old phase's record goes, then the pod is planned afresh.
+    o.update_revision = "r2".into();
+    assert_eq!(summary(&plan(&o)), ["finish web-0"]);
+    o.pods[0].progress = Progress::Resized { revision: "r4".into() };
+    assert_eq!(summary(&plan(&o)), ["finish web-0"]);
 }
 
 #[test]

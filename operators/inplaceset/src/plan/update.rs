@@ -10,14 +10,30 @@ use k8s_openapi::jiff::SignedDuration;
 use super::{Action, Blocked, Plan};
 use crate::{Observed, PodView};
 
-/// How `pod` would move to the update revision.
+/// How `pod` would move to the update revision. A pod whose resize for it was
+/// refused (Rejected or Failed) can move only by a recreate.
 fn diff(o: &Observed, pod: &PodView) -> UpdatePlan {
+    if let Progress::Refused { revision, reason } = &pod.progress
+        && *revision == o.update_revision
+    {
+        return UpdatePlan::Recreate(vec![reason.clone()]);
+    }
     let Some(new) = o.templates.get(&o.update_revision) else {
         return UpdatePlan::Recreate(vec![format!("template of revision {} not found", o.update_revision)]);
     };
     match pod.revision.as_ref().and_then(|r| o.templates.get(r)) {
         Some(old) => plan_update(old, new),
         None => UpdatePlan::Recreate(vec![format!("revision {:?} of the pod is unknown", pod.revision)]),
+    }
+}
+
+/// No update in flight, or only a resize phase for the update revision that
+/// has ended (Applied: the rest follows; refused: a recreate, or a stop).
+fn ready_to_move(o: &Observed, pod: &PodView) -> bool {
+    match &pod.progress {
+        Progress::Idle => true,
+        Progress::Resized { revision } | Progress::Refused { revision, .. } => *revision == o.update_revision,
+        Progress::InProgress { .. } | Progress::Done { .. } => false,
     }
 }
 
@@ -58,7 +74,7 @@ pub fn plan_updates(
         p.revision.as_deref() != Some(o.update_revision.as_str())
             && !p.terminating
             && !taken.contains(&p.name)
-            && matches!(p.progress, Progress::Idle)
+            && ready_to_move(o, p)
             && (p.settled()
                 || matches!(p.lifecycle, Some(LifecycleState::PreparingUpdate | LifecycleState::PreparingDelete)))
     });
@@ -111,8 +127,15 @@ pub fn plan_updates(
             {
                 continue; // draining
             }
+            // cpu/memory first, as a resize request; the rest once it is Applied.
+            (UpdatePlan::InPlace(changes), _) if !matches!(pod.progress, Progress::Resized { .. }) => {
+                match changes.resize_request() {
+                    Some(request) => Action::StartResize { name, revision: o.update_revision.clone(), request },
+                    None => Action::StartInPlace { name, revision: o.update_revision.clone(), changes },
+                }
+            }
             (UpdatePlan::InPlace(changes), _) => {
-                Action::StartInPlace { name, revision: o.update_revision.clone(), changes }
+                Action::StartInPlace { name, revision: o.update_revision.clone(), changes: changes.without_resources() }
             }
             // Same template under another revision name: relabel only.
             (UpdatePlan::Unchanged, _) => {
