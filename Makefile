@@ -42,6 +42,34 @@ $(BERTH_K8S):
 	@# Older builds of the harness are 200 MB each: keep only this one.
 	@find $(CACHE) -maxdepth 1 -name 'k8s-*' ! -path '$(K8S_DIR)' -exec rm -rf {} +
 
+# Helm, built from its Go module (e2e/helm, pinned in its go.mod), cached like
+# the harness; older builds are removed.
+HELM_VERSION  := $(shell awk '$$1 == "helm.sh/helm/v3" {print $$2}' e2e/helm/go.mod)
+HELM_DIR      := $(CACHE)/helm-$(HELM_VERSION)-$(shell cat e2e/helm/go.mod e2e/helm/go.sum | sha256sum | cut -c1-12)
+BERTH_HELM    := $(HELM_DIR)/helm
+export BERTH_HELM
+
+.PHONY: helm-bin
+helm-bin: $(BERTH_HELM) ## build the helm command from its Go module
+$(BERTH_HELM):
+	@echo "building helm $(HELM_VERSION) into $(HELM_DIR)"
+	@mkdir -p $(HELM_DIR)
+	cd e2e/helm && time go build -trimpath \
+	  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+	  -o $(BERTH_HELM).tmp helm.sh/helm/v3/cmd/helm
+	@mv $(BERTH_HELM).tmp $(BERTH_HELM)
+	@find $(CACHE) -maxdepth 1 -name 'helm-*' ! -path '$(HELM_DIR)' -exec rm -rf {} +
+
+.PHONY: chart-sync
+chart-sync: ## copy crds/ and config/rbac into the Helm chart and config/crd (one source each)
+	cp crds/*.yaml charts/berth/crds/
+	cp crds/*.yaml config/crd/
+	cp config/rbac/manager.yaml config/rbac/node-agent.yaml charts/berth/files/rbac/
+
+.PHONY: chart-check
+chart-check: $(BERTH_HELM) $(BERTH_K8S) ## Helm chart and Kustomize overlays: lint, render each option, schema refusals, staleness (no cluster)
+	e2e/helm/chart-check.sh
+
 $(E2E_STATE)/bin/kubectl: $(BERTH_K8S)
 	@mkdir -p $(E2E_STATE)/bin && printf '#!/bin/sh\nexec %s kubectl "$$@"\n' "$(BERTH_K8S)" > $@ && chmod +x $@
 
@@ -50,8 +78,9 @@ build: deps ## build the Rust workspace
 	cargo build --workspace --exclude berth-e2e --locked
 
 .PHONY: crds
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ from the Rust types (and their copies: chart-sync)
 	cargo run -q --locked -p berth-api --bin crdgen -- crds
+	@$(MAKE) --no-print-directory chart-sync
 
 .PHONY: crds-check
 crds-check: ## fail if crds/ is stale
@@ -81,7 +110,7 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
 	  cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; \
 	else \
-	  cargo build --locked -p berth-manager -p berth-node-agent && \
+	  cargo build --locked -p berth-manager -p berth-node-agent && $(MAKE) --no-print-directory helm-bin && \
 	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
 	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    echo "failover suite, alone: it stops the manager the suites above use"; \
@@ -90,9 +119,9 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	fi
 
 .PHONY: test
-test: deps ## everything CI runs: CRD freshness, lint, unit tests, the CRI test on a real containerd, e2e on a real local cluster
+test: deps ## everything CI runs: CRD freshness, chart and overlay checks, lint, unit tests, the CRI test on a real containerd, e2e on a real local cluster
 	@mkdir -p target; set -o pipefail; \
-	$(MAKE) --no-print-directory crds-check lint unit cri-test e2e 2>&1 | tee target/test.log; rc=$$?; \
+	$(MAKE) --no-print-directory crds-check chart-check lint unit cri-test e2e 2>&1 | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$rc
 
