@@ -14,6 +14,7 @@
 //! applies them, pointing the apiserver at its CA, before its controllers
 //! start; behind one Service that mode still fits a single replica only.
 
+mod audit;
 mod leader;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
@@ -33,6 +34,10 @@ const CONFIGURED_WAIT: Duration = Duration::from_secs(10);
 #[derive(Parser, Debug)]
 #[command(version, about = "Runs berth's controllers (InplaceSet, SidecarSet) and admission webhooks")]
 struct Args {
+    /// Without a command: run the manager.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -48,11 +53,20 @@ struct Args {
     lease: leader::Options,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check the cluster once (over-commit, affinity, InplaceSet replicas, applied resizes); exit 1 on a violation.
+    Audit(audit::Args),
+}
+
 type PodEvents = Pin<Box<dyn Stream<Item = Arc<Pod>> + Send>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Audit(audit)) = args.command {
+        std::process::exit(audit::run(audit).await);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,kube=warn".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
