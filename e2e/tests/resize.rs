@@ -6,20 +6,19 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use berth_api::{keys, resize::NODE_AGENT_SERVICE_ACCOUNT};
+use anyhow::Result;
+use berth_api::keys;
 use berth_e2e::{
-    TestNamespace, client, container_status, identity, images, kubeconfig_path, refusal, repo_root, wait_for,
+    TestNamespace, client, container_status, images,
+    node_agent::{self, Agent, MANAGER_NAMESPACE},
+    refusal, wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    config::{AuthInfo, Kubeconfig},
 };
 use serde_json::json;
-
-const MANAGER_NAMESPACE: &str = "berth-system";
 
 /// A berth-managed pod on `node` whose app requests 500m and may use 2 CPUs.
 fn pod(name: &str, node: &str) -> Result<Pod> {
@@ -40,58 +39,6 @@ fn state_is(state: &'static str) -> impl Fn(Option<&Pod>) -> bool {
 
 fn message(p: &Pod) -> String {
     p.annotations().get(keys::RESIZE_MESSAGE).cloned().unwrap_or_default()
-}
-
-/// A token of the node agent's service account bound to a pod on `node`, as a
-/// DaemonSet pod's token is: the webhook reads the node from it.
-async fn agent_token(client: &Client, node: &str) -> Result<String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
-    let name = format!("e2e-agent-{node}");
-    let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
-        "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": images().0}]}});
-    let placeholder = pods.patch(&name, &PatchParams::apply("berth-e2e"), &Patch::Apply(placeholder)).await?;
-    identity::token(client, MANAGER_NAMESPACE, NODE_AGENT_SERVICE_ACCOUNT, Some(&placeholder)).await
-}
-
-/// A client acting as the node agent of `node`.
-async fn agent_of(client: &Client, node: &str) -> Result<Client> {
-    identity::client_with(agent_token(client, node).await?).await
-}
-
-/// The real node agent for `node`, as a process on this host with its node-bound token; killed on drop.
-struct Agent(std::process::Child);
-
-impl Agent {
-    async fn start(client: &Client, node: &str) -> Result<Self> {
-        let mut kubeconfig = Kubeconfig::read_from(kubeconfig_path()?)?;
-        let token = agent_token(client, node).await?;
-        for named in &mut kubeconfig.auth_infos {
-            named.auth_info = Some(AuthInfo { token: Some(token.clone().into()), ..Default::default() });
-        }
-        let dir = repo_root().join("target/e2e");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("node-agent-{node}.kubeconfig"));
-        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
-        let bin = std::env::var("BERTH_NODE_AGENT")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| repo_root().join("target/debug/berth-node-agent"));
-        let log = std::fs::File::create(dir.join(format!("node-agent-{node}.log")))?;
-        let child = std::process::Command::new(&bin)
-            .env("KUBECONFIG", &path)
-            .env("NODE_NAME", node)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} (cargo build -p berth-node-agent)", bin.display()))?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
@@ -129,14 +76,14 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
 
     // The agent of node 0 may not finish the resize of a pod on node 1; node 1's agent may.
     let applied = json!({"metadata": {"annotations": {keys::RESIZE_STATE: "Applied"}}});
-    let agent_0: Api<Pod> = Api::namespaced(agent_of(&client, "hollow-node-0").await?, &ns.name);
+    let agent_0: Api<Pod> = Api::namespaced(node_agent::client_of(&client, "hollow-node-0").await?, &ns.name);
     let (code, text) = refusal(agent_0.patch("eager", &PatchParams::default(), &Patch::Merge(applied.clone())).await)?;
     assert_eq!(code, 403, "{text}");
     assert!(
         text.contains("node agent of node hollow-node-0 may not finish a resize of a pod on node hollow-node-1"),
         "{text}"
     );
-    let agent_1: Api<Pod> = Api::namespaced(agent_of(&client, "hollow-node-1").await?, &ns.name);
+    let agent_1: Api<Pod> = Api::namespaced(node_agent::client_of(&client, "hollow-node-1").await?, &ns.name);
     agent_1.patch("eager", &PatchParams::default(), &Patch::Merge(applied)).await?;
     assert_eq!(pods.get("eager").await?.annotations().get(keys::RESIZE_STATE).map(String::as_str), Some("Applied"));
     // No agent runs for node 0: "fits" expires to Failed (manager.sh gives a 15 s deadline).
@@ -148,7 +95,7 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
     );
     let agents: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
     for node in ["hollow-node-0", "hollow-node-1"] {
-        agents.delete(&format!("e2e-agent-{node}"), &Default::default()).await?;
+        agents.delete(&node_agent::placeholder_name(node), &Default::default()).await?;
     }
     ns.delete().await
 }
