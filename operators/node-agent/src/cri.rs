@@ -150,6 +150,41 @@ impl CriClient {
         Ok(out)
     }
 
+    /// The running containers, keyed as [`Self::live_keys`] keys them
+    /// (one per key: a restarted container's exited attempts are skipped).
+    pub async fn running_keys(&mut self) -> Result<BTreeMap<ContainerKey, String>, CriError> {
+        let sandboxes = self
+            .runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .map_err(call("ListPodSandbox", "-"))?
+            .into_inner()
+            .items;
+        let uid_of: BTreeMap<String, String> =
+            sandboxes.into_iter().filter_map(|s| Some((s.id, s.metadata?.uid))).collect();
+        let filter = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        };
+        let containers = self
+            .runtime
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await
+            .map_err(call("ListContainers", "running"))?
+            .into_inner()
+            .containers;
+        let mut out = BTreeMap::new();
+        for c in containers {
+            let uid = c.labels.get(LABEL_POD_UID).cloned().or_else(|| uid_of.get(&c.pod_sandbox_id).cloned());
+            let name =
+                c.labels.get(LABEL_CONTAINER_NAME).cloned().or_else(|| c.metadata.as_ref().map(|m| m.name.clone()));
+            if let (Some(uid), Some(name)) = (uid, name) {
+                out.insert(ContainerKey::new(uid, name), c.id);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn live_key_set(&mut self) -> Result<BTreeSet<ContainerKey>, CriError> {
         Ok(self.live_keys().await?.into_keys().collect())
     }
@@ -240,6 +275,38 @@ impl CriClient {
         Ok(UpdateTiming { update, check: before + t.elapsed() })
     }
 
+    /// Moves a running container to `cpus`, changing nothing else: the CRI
+    /// runtime leaves the fields an update sends as zero alone (containerd
+    /// merges only the non-zero ones into the container's resources).
+    /// Verifies `cpuset.cpus` afterwards.
+    pub async fn update_cpuset(&mut self, id: &str, cpus: &crate::cpuset::CpuSet) -> Result<Duration, CriError> {
+        let cg = self.container_cgroup(id).await?;
+        let t = Instant::now();
+        let req = cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(cri::LinuxContainerResources { cpuset_cpus: cpus.to_string(), ..Default::default() }),
+            ..Default::default()
+        };
+        self.runtime.update_container_resources(req).await.map_err(call("UpdateContainerResources", id))?;
+        let took = t.elapsed();
+        let want = cgroup::CgroupFile { controller: "cpuset", file: "cpuset.cpus", value: cpus.to_string() };
+        let mismatches = self.cgroups.verify(&cg, std::slice::from_ref(&want));
+        if !mismatches.is_empty() {
+            return Err(CriError::Mismatch { container: id.into(), mismatches });
+        }
+        Ok(took)
+    }
+
+    /// The raw values of `files` in the cgroup `cg` (file name → content);
+    /// files that cannot be read are left out.
+    pub fn read_files(&self, cg: &ProcCgroup, files: &[cgroup::CgroupFile]) -> BTreeMap<&'static str, String> {
+        files.iter().filter_map(|f| Some((f.file, self.cgroups.read(cg, f).ok()?))).collect()
+    }
+
+    pub fn page_size(&self) -> i64 {
+        self.page_size
+    }
+
     /// Writes the pod-level cgroup (the parent of `container_id`'s cgroup)
     /// for one resource, and verifies it. CRI has no call for the pod
     /// cgroup: the kubelet writes it itself, and so does the agent.
@@ -287,6 +354,21 @@ impl CriClient {
         current: &BTreeMap<String, (String, Resources)>,
         desired: &BTreeMap<String, Resources>,
     ) -> Result<Vec<Step>, CriError> {
+        let mut budget = StepBudget::default();
+        self.resize_pod_within(current, desired, &mut budget).await.map_err(|e| match e {
+            StepError::Cri(e) => e,
+            StepError::Stopped { .. } => unreachable_stop(),
+        })
+    }
+
+    /// [`Self::resize_pod`] that spends one unit of `budget` per write and
+    /// stops (an interruption, as if the agent died) when it runs out.
+    pub async fn resize_pod_within(
+        &mut self,
+        current: &BTreeMap<String, (String, Resources)>,
+        desired: &BTreeMap<String, Resources>,
+        budget: &mut StepBudget,
+    ) -> Result<Vec<Step>, StepError> {
         let now: BTreeMap<String, Resources> = current.iter().map(|(n, (_, r))| (n.clone(), r.clone())).collect();
         let target: BTreeMap<String, Resources> =
             now.iter().map(|(n, r)| (n.clone(), desired.get(n).unwrap_or(r).clone())).collect();
@@ -295,10 +377,17 @@ impl CriClient {
         // sends the other resource's values as they are at that point.
         let mut state = now.clone();
         let any_id = current.values().next().map(|(id, _)| id.clone()).unwrap_or_default();
-        for step in &steps {
-            match step {
+        let pod_target = cgroup::pod_cgroup(target.values());
+        let mut done = Vec::with_capacity(steps.len());
+        for step in steps {
+            match &step {
                 Step::Pod(resource) => {
-                    self.write_pod_cgroup(&any_id, &cgroup::pod_cgroup(target.values()), *resource).await?;
+                    // Already there (a re-run after an interruption): no write.
+                    if self.pod_cgroup_holds(&any_id, &pod_target, *resource).await? {
+                        continue;
+                    }
+                    budget.spend(&step).await?;
+                    self.write_pod_cgroup(&any_id, &pod_target, *resource).await?;
                 }
                 Step::Container(name, resource) => {
                     let (Some(have), Some(want), Some((id, _))) =
@@ -315,12 +404,79 @@ impl CriClient {
                         }
                     }
                     let send = have.to_cri();
+                    budget.spend(&step).await?;
                     self.update_container(id, &send).await?;
                 }
             }
+            done.push(step);
         }
-        Ok(steps)
+        Ok(done)
     }
+
+    /// Whether the pod cgroup (parent of `container_id`'s) already holds
+    /// `pod`'s values for `resource`.
+    async fn pod_cgroup_holds(
+        &mut self,
+        container_id: &str,
+        pod: &cgroup::PodCgroup,
+        resource: Resource,
+    ) -> Result<bool, CriError> {
+        let cg = self.container_cgroup(container_id).await?.parent();
+        let files: Vec<_> = cgroup::pod_files(pod, self.cgroups.version(), self.page_size)
+            .into_iter()
+            .filter(|f| match resource {
+                Resource::Memory => f.file.starts_with("memory."),
+                Resource::Cpu => f.file.starts_with("cpu."),
+            })
+            .collect();
+        Ok(self.cgroups.verify(&cg, &files).is_empty())
+    }
+}
+
+/// A limit on the writes an apply may make, and a pause before each: how
+/// tests (and `--step-delay-ms`) interrupt an apply mid-way, as a crash would.
+#[derive(Clone, Debug, Default)]
+pub struct StepBudget {
+    /// Writes allowed; `None`: unlimited.
+    pub remaining: Option<usize>,
+    /// Sleep before each write.
+    pub pause: Duration,
+    /// Writes made so far.
+    pub spent: usize,
+}
+
+impl StepBudget {
+    pub fn stop_after(writes: usize) -> Self {
+        Self { remaining: Some(writes), ..Default::default() }
+    }
+
+    /// Takes one write, or says the budget is spent.
+    pub async fn spend(&mut self, what: &impl std::fmt::Debug) -> Result<(), StepError> {
+        if let Some(left) = self.remaining.as_mut() {
+            if *left == 0 {
+                return Err(StepError::Stopped { before: format!("{what:?}"), done: self.spent });
+            }
+            *left -= 1;
+        }
+        if !self.pause.is_zero() {
+            tokio::time::sleep(self.pause).await;
+        }
+        self.spent += 1;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error("stopped before {before} after {done} writes (step budget spent)")]
+    Stopped { before: String, done: usize },
+}
+
+/// An unlimited budget never stops.
+fn unreachable_stop() -> CriError {
+    CriError::NoCgroup { container: "-".into(), reason: "an unlimited step budget stopped".into() }
 }
 
 /// The kernel's page size (memory limits are stored in whole pages).

@@ -11,17 +11,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use berth_api::resize::ResizeRequest;
 use berth_node_agent::{
     cgroup::{self, CgroupFile, CgroupVersion, Resources},
     cgroupfs::ProcCgroup,
     cpu_manager::{ContainerKey, CpuManager},
     cpuset::CpuSet,
-    cri::{CriClient, CriError},
+    cri::{CriClient, CriError, StepBudget},
     order::{Resource, Step},
+    runtime_resize::{Runtime, RuntimeResizeError, Scope},
 };
 use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::PodSpec;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The tests share one runtime and the agent moves every other container to
+/// the shared pool: one test at a time.
+static RUNTIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: i64 = 1 << 20;
 
@@ -72,10 +79,12 @@ fn initial() -> BTreeMap<String, Resources> {
 }
 
 async fn start_pod(cri: &mut CriClient, env: &Env, logs: &std::path::Path) -> Res<Pod> {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let uid = format!(
-        "berth-cri-{}-{}",
+        "berth-cri-{}-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -194,6 +203,7 @@ async fn resizes_a_running_container_through_containerd() -> Res<()> {
         );
         return Ok(());
     };
+    let _one_at_a_time = RUNTIME.lock().await;
     let mut cri = CriClient::connect(&env.socket).await?;
     let v = cri.version().await?;
     println!(
@@ -416,5 +426,336 @@ async fn scenario(cri: &mut CriClient, pod: &Pod, work: &std::path::Path) -> Res
         percentile(&rpc, 0.99).as_secs_f64() * 1e3,
         n as f64 / wall.as_secs_f64(),
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The agent's runtime path (runtime_resize): a whole request carried out
+// through CRI, exclusive CPUs, idempotence, an interrupted apply resumed by a
+// restarted agent.
+
+/// The spec of the pods [`start_pod`] runs (its containers' values at creation).
+fn pod_spec() -> PodSpec {
+    serde_json::from_value(serde_json::json!({"containers": [
+        {"name": "app", "image": "a", "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "128Mi"}}},
+        {"name": "side", "image": "a", "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": "200m", "memory": "32Mi"}}}
+    ]}))
+    .expect("a valid pod spec")
+}
+
+fn request(raw: serde_json::Value) -> ResizeRequest {
+    raw.to_string().parse().expect("a valid request")
+}
+
+/// The node's CPUs and the exclusive ones as the agent's default: all but CPU 0.
+fn cpus() -> Res<(CpuSet, CpuSet)> {
+    let node = host_cpus()?;
+    let mut allocatable = node.clone();
+    allocatable.remove(0);
+    Ok((node, allocatable))
+}
+
+async fn runtime(env: &Env, state: &std::path::Path) -> Res<Runtime> {
+    let (node_cpus, allocatable) = cpus()?;
+    Ok(Runtime { cri: CriClient::connect(&env.socket).await?, cpus: CpuManager::load(state, allocatable)?, node_cpus })
+}
+
+async fn cpuset_of(cri: &mut CriClient, id: &str) -> Res<CpuSet> {
+    Ok(read(cri, id, "cpuset", "cpuset.cpus").await?.parse()?)
+}
+
+/// Runs `pods` pods, the scenario, and always removes the pods.
+async fn with_pods<F>(env: &Env, pods: usize, scenario: F) -> Res<()>
+where
+    F: for<'a> FnOnce(
+        &'a mut CriClient,
+        &'a [Pod],
+        &'a std::path::Path,
+    ) -> futures::future::LocalBoxFuture<'a, Res<()>>,
+{
+    let mut cri = CriClient::connect(&env.socket).await?;
+    let work = std::env::temp_dir().join(format!("berth-cri-agent-{}-{}", std::process::id(), pods));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut started = Vec::new();
+    let mut result = Ok(());
+    for _ in 0..pods {
+        match start_pod(&mut cri, env, &work).await {
+            Ok(p) => started.push(p),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let mut panic = None;
+    if result.is_ok() {
+        // A failed assertion still removes the pods (they would disturb the next test).
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(scenario(&mut cri, &started, &work)).catch_unwind().await {
+            Ok(r) => result = r,
+            Err(p) => panic = Some(p),
+        }
+    }
+    for p in &started {
+        match stop_pod(&mut cri, env, p).await {
+            // The scenario removed it itself.
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => eprintln!("cleanup of pod {}: {e}", p.uid),
+            Ok(()) => {}
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    if let Some(p) = panic {
+        std::panic::resume_unwind(p);
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_resizes_a_pod_through_cri_and_pins_exclusive_cpus() -> Res<()> {
+    let Some(env) = env() else {
+        eprintln!("SKIPPED: BERTH_CRI_SOCKET is not set (make cri-test)");
+        return Ok(());
+    };
+    let _one_at_a_time = RUNTIME.lock().await;
+    let env2 = Env { socket: env.socket.clone(), image: env.image.clone(), cgroup_parent: env.cgroup_parent.clone() };
+    with_pods(&env, 2, move |cri, pods, work| Box::pin(agent_scenario(env2, cri, pods, work))).await
+}
+
+async fn agent_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std::path::Path) -> Res<()> {
+    let (a, b) = (&pods[0], &pods[1]);
+    let v1 = cri.cgroup_version() == CgroupVersion::V1;
+    let (quota_file, shares_file, mem_file) = if v1 {
+        ("cpu.cfs_quota_us", "cpu.shares", "memory.limit_in_bytes")
+    } else {
+        ("cpu.max", "cpu.weight", "memory.max")
+    };
+    let quota = |q: i64| if v1 { q.to_string() } else { format!("{q} 100000") };
+    let shares = |s: i64| if v1 { s.to_string() } else { cgroup::shares_to_weight(s).to_string() };
+    let state = work.join("cpu_manager_state");
+    let mut rt = runtime(&env, &state).await?;
+    let spec = pod_spec();
+    let (app, side) = (a.ids["app"].clone(), a.ids["side"].clone());
+
+    // 1. One request changes quota, shares and memory limit of app; side is untouched.
+    let grow = serde_json::json!({"app": {"requests": {"cpu": "750m"}, "limits": {"cpu": "1500m", "memory": "256Mi"}}});
+    let req = request(serde_json::json!({"containers": grow}));
+    let side_before = (read(cri, &side, "cpu", quota_file).await?, read(cri, &side, "memory", mem_file).await?);
+    let out = rt.apply(&a.uid, &spec, &req, Scope::Full, &mut StepBudget::default()).await?;
+    assert_eq!(read(cri, &app, "cpu", quota_file).await?, quota(150_000));
+    assert_eq!(read(cri, &app, "cpu", shares_file).await?, shares(768));
+    assert_eq!(read(cri, &app, "memory", mem_file).await?, (256 * MIB).to_string());
+    assert_eq!((read(cri, &side, "cpu", quota_file).await?, read(cri, &side, "memory", mem_file).await?), side_before);
+    assert_eq!(
+        out.steps,
+        vec![
+            Step::Pod(Resource::Memory),
+            Step::Container("app".into(), Resource::Memory),
+            Step::Pod(Resource::Cpu),
+            Step::Container("app".into(), Resource::Cpu),
+        ],
+        "the kubelet's order for an increase"
+    );
+    let applied = &out.applied["app"];
+    assert_eq!(
+        (applied.cpu_quota, applied.cpu_shares, applied.memory_limit_bytes),
+        (Some(150_000), Some(768), Some(256 * MIB))
+    );
+    assert_eq!(out.applied["side"].cpu_quota, Some(20_000));
+    println!("agent path: {}", out.summary());
+
+    // 2. The same request again changes nothing.
+    let again = rt.apply(&a.uid, &spec, &req, Scope::Full, &mut StepBudget::default()).await?;
+    assert!(again.unchanged(), "re-run wrote {:?} and moved {:?}", again.steps, again.moved);
+    assert_eq!(again.applied, out.applied);
+
+    // 3. A memory decrease below usage is refused with the numbers; nothing changes.
+    let shrink = request(serde_json::json!({"containers": {"app": {"limits": {"memory": "16Mi"}}}}));
+    let err = rt.apply(&a.uid, &spec, &shrink, Scope::Full, &mut StepBudget::default()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RuntimeResizeError::MemoryBelowUsage(_))
+            && text.contains("container \"app\": memory limit 16777216 bytes (16 MiB) is below its current usage of"),
+        "{text}"
+    );
+    assert_eq!(read(cri, &app, "memory", mem_file).await?, (256 * MIB).to_string());
+    println!("refused: {text}");
+
+    // 4. Exclusive CPUs: the pod's containers on its own CPU, pod b moved to the shared pool.
+    let (node, allocatable) = cpus()?;
+    if allocatable.is_empty() {
+        println!("one CPU only: no exclusive CPU to give (CPU 0 stays shared)");
+        return Ok(());
+    }
+    let pin = request(serde_json::json!({"containers": grow, "cpuset": {"exclusiveCpus": 1}}));
+    let out = rt.apply(&a.uid, &spec, &pin, Scope::Full, &mut StepBudget::default()).await?;
+    let mine = out.exclusive.clone().expect("exclusive CPUs");
+    assert_eq!(mine.len(), 1);
+    assert!(mine.is_subset(&allocatable) && !mine.contains(0), "{mine} from {allocatable}, never CPU 0");
+    let shared = node.difference(&mine);
+    for id in [&app, &side] {
+        assert_eq!(cpuset_of(cri, id).await?, mine, "every container of the pod on its CPUs");
+    }
+    for id in b.ids.values() {
+        assert_eq!(cpuset_of(cri, id).await?, shared, "other pods on the shared pool");
+    }
+    assert_eq!(out.moved.len(), 2, "both containers of pod b moved: {:?}", out.moved);
+    assert_eq!(out.applied["app"].cpuset_cpus.as_deref(), Some(mine.to_string().as_str()));
+    assert_eq!(read(cri, &app, "cpu", quota_file).await?, quota(150_000), "the resources stay");
+    let on_disk = CpuManager::load(&state, allocatable.clone())?;
+    assert_eq!(on_disk.assignments().clone(), BTreeMap::from([(ContainerKey::new(&a.uid, "app"), mine.clone())]));
+    let again = rt.apply(&a.uid, &spec, &pin, Scope::Full, &mut StepBudget::default()).await?;
+    assert!(again.unchanged(), "re-run wrote {:?} and moved {:?}", again.steps, again.moved);
+    println!("exclusive: pod a on {mine}, pod b on {shared}");
+
+    // 5. Measurement (a figure, not asserted): agent-side time of a whole
+    //    resize through CRI (list, read back, update, verify, read back),
+    //    alternating two values.
+    let n = 50;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let cpu = if i % 2 == 0 { "1" } else { "1500m" };
+        let r = request(
+            serde_json::json!({"containers": {"app": {"requests": {"cpu": "750m"}, "limits": {"cpu": cpu, "memory": "256Mi"}}},
+            "cpuset": {"exclusiveCpus": 1}}),
+        );
+        let out = rt.apply(&a.uid, &spec, &r, Scope::Full, &mut StepBudget::default()).await?;
+        assert_eq!(out.steps.len(), 2, "quota down and up: pod and container CPU writes");
+        took.push(out.took);
+    }
+    took.sort();
+    println!(
+        "MEASUREMENT agent-side CRI time per resize (runtime_resize::apply, {n} resizes of a 2-container pod, cgroup {}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        if v1 { "v1" } else { "v2" },
+        percentile(&took, 0.5).as_secs_f64() * 1e3,
+        percentile(&took, 0.99).as_secs_f64() * 1e3,
+        took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+
+    // 6. Releasing (exclusiveCpus 0): everyone back on every CPU.
+    let release = request(serde_json::json!({"cpuset": {"exclusiveCpus": 0}}));
+    rt.apply(&a.uid, &spec, &release, Scope::Full, &mut StepBudget::default()).await?;
+    for id in a.ids.values().chain(b.ids.values()) {
+        assert_eq!(cpuset_of(cri, id).await?, node);
+    }
+    assert!(CpuManager::load(&state, allocatable)?.assignments().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_and_restarted_mid_way_keeps_cpu_assignments_consistent() -> Res<()> {
+    let Some(env) = env() else {
+        eprintln!("SKIPPED: BERTH_CRI_SOCKET is not set (make cri-test)");
+        return Ok(());
+    };
+    let _one_at_a_time = RUNTIME.lock().await;
+    if cpus()?.1.is_empty() {
+        println!("one CPU only: no exclusive CPU to give");
+        return Ok(());
+    }
+    let env2 = Env { socket: env.socket.clone(), image: env.image.clone(), cgroup_parent: env.cgroup_parent.clone() };
+    with_pods(&env, 2, move |cri, pods, work| Box::pin(restart_scenario(env2, cri, pods, work))).await
+}
+
+/// One owner per CPU in the state file, and every running container's
+/// `cpuset.cpus` equal to what the file says (its pod's set, or the rest).
+async fn consistent(cri: &mut CriClient, state: &std::path::Path, pods: &[Pod]) -> Res<BTreeMap<ContainerKey, CpuSet>> {
+    let (node, allocatable) = cpus()?;
+    // Loading checks for two owners and for CPUs outside the allocatable set.
+    let mgr = CpuManager::load(state, allocatable)?;
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(state)?)?;
+    let mut seen = CpuSet::new();
+    for a in raw["assignments"].as_array().into_iter().flatten() {
+        let cpus: CpuSet = a["cpus"].as_str().unwrap_or_default().parse()?;
+        assert!(seen.intersection(&cpus).is_empty(), "a CPU with two owners in {raw}");
+        seen = seen.union(&cpus);
+    }
+    let shared = node.difference(&seen);
+    for p in pods {
+        let want =
+            mgr.assignments().iter().find(|(k, _)| k.pod_uid == p.uid).map_or(shared.clone(), |(_, c)| c.clone());
+        for (name, id) in &p.ids {
+            assert_eq!(cpuset_of(cri, id).await?, want, "{}/{name} against the state file {raw}", p.uid);
+        }
+    }
+    Ok(mgr.assignments().clone())
+}
+
+async fn restart_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std::path::Path) -> Res<()> {
+    let a = &pods[0];
+    let state = work.join("cpu_manager_state");
+    let spec = pod_spec();
+    let pin = request(serde_json::json!({
+        "containers": {"app": {"limits": {"cpu": "1", "memory": "192Mi"}}, "side": {"limits": {"cpu": "300m"}}},
+        "cpuset": {"exclusiveCpus": 1}}));
+
+    // The first agent makes one write and "dies": the CPU manager has
+    // persisted the pod's CPU; the runtime has only part of the change.
+    {
+        let mut rt = runtime(&env, &state).await?;
+        let err = rt.apply(&a.uid, &spec, &pin, Scope::Full, &mut StepBudget::stop_after(1)).await.unwrap_err();
+        assert!(matches!(err, RuntimeResizeError::Interrupted(_)), "{err}");
+        println!("first agent: {err}");
+    }
+    let recorded = CpuManager::load(&state, cpus()?.1)?.assignments().clone();
+    assert_eq!(recorded.keys().cloned().collect::<Vec<_>>(), vec![ContainerKey::new(&a.uid, "app")], "persisted first");
+    let mine = recorded.values().next().cloned().unwrap_or_default();
+    let mut behind = 0;
+    for id in pods.iter().flat_map(|p| p.ids.values()) {
+        let want = if a.ids.values().any(|i| i == id) { mine.clone() } else { host_cpus()?.difference(&mine) };
+        behind += usize::from(cpuset_of(cri, id).await? != want);
+    }
+    assert!(behind > 0, "the interruption left the runtime behind the state file");
+
+    // Restarted agents, each killed after one more write, until one finishes.
+    // Each starts as the real one does: state from disk, reconcile with the runtime.
+    let mut restarts = 0;
+    let out = loop {
+        restarts += 1;
+        assert!(restarts < 30, "no progress after {restarts} restarts");
+        let mut rt = runtime(&env, &state).await?;
+        let (freed, _) = rt.reconcile().await?;
+        assert!(freed.is_empty(), "the pod is running: nothing to free, got {freed:?}");
+        consistent(cri, &state, pods).await?;
+        match rt.apply(&a.uid, &spec, &pin, Scope::Full, &mut StepBudget::stop_after(1)).await {
+            Ok(out) => break out,
+            Err(RuntimeResizeError::Interrupted(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let final_state = consistent(cri, &state, pods).await?;
+    assert_eq!(final_state, recorded, "the CPU chosen before the crash is the one kept");
+    let app = &a.ids["app"];
+    let v1 = cri.cgroup_version() == CgroupVersion::V1;
+    assert_eq!(
+        read(cri, app, "cpu", if v1 { "cpu.cfs_quota_us" } else { "cpu.max" }).await?,
+        if v1 { "100000" } else { "100000 100000" }
+    );
+    assert_eq!(
+        read(cri, app, "memory", if v1 { "memory.limit_in_bytes" } else { "memory.max" }).await?,
+        (192 * MIB).to_string()
+    );
+
+    // A further restart and run changes nothing.
+    let mut rt = runtime(&env, &state).await?;
+    let (freed, moved) = rt.reconcile().await?;
+    assert!(freed.is_empty() && moved.is_empty(), "{freed:?} {moved:?}");
+    let again = rt.apply(&a.uid, &spec, &pin, Scope::Full, &mut StepBudget::default()).await?;
+    assert!(again.unchanged(), "re-run wrote {:?} and moved {:?}", again.steps, again.moved);
+    assert_eq!(again.applied, out.applied);
+    println!("restarted {restarts} times (killed after each write); pod a on {mine}; {}", out.summary());
+
+    // The pod goes away while no agent runs: the next start frees its CPU and
+    // gives it back to the other pod.
+    drop(rt);
+    stop_pod(cri, &env, a).await?;
+    let mut rt = runtime(&env, &state).await?;
+    let (freed, moved) = rt.reconcile().await?;
+    assert_eq!(freed, vec![(ContainerKey::new(&a.uid, "app"), mine.clone())]);
+    assert_eq!(moved.len(), 2, "pod b's containers back on every CPU: {moved:?}");
+    for id in pods[1].ids.values() {
+        assert_eq!(cpuset_of(cri, id).await?, host_cpus()?);
+    }
     Ok(())
 }
