@@ -69,7 +69,7 @@ impl Agent {
             .env("KUBECONFIG", &path)
             .env("NODE_NAME", node)
             // Its CPU manager state stays inside the e2e state dir.
-            .env("BERTH_NODE_AGENT_STATE_DIR", dir.join(format!("{stem}.state")))
+            .env("BERTH_STATE_DIR", dir.join(format!("{stem}.state")))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
