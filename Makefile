@@ -115,6 +115,8 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    echo "failover suite, alone: it stops the manager the suites above use"; \
 	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test failover -- --ignored || rc=1; \
+	    echo "install suite, alone: it uninstalls and reinstalls berth itself (helm, kustomize)"; \
+	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test install -- --ignored --test-threads 1 || rc=1; \
 	    $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi
 

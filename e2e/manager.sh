@@ -12,6 +12,11 @@
 # once it serves and another replica holds the Lease. `down N` stops
 # replica N; the configurations are removed only when no replica is left.
 #   manager.sh up [N] | down [N]      (N: replica number, default 1)
+#
+# BERTH_INSTALLED=1: berth was installed by Helm (`--set local=true`) or
+# Kustomize (config/local): the CRDs, RBAC, Lease and webhook configurations
+# are the installer's, so `up` applies none of them and `down` leaves the
+# configurations to the installer's uninstall.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${E2E_STATE:-$ROOT/target/e2e}"
@@ -57,8 +62,10 @@ case "${1:-}" in
   up)
     [[ -x "$BIN" ]] || { echo "[manager] $BIN missing: cargo build -p berth-manager" >&2; exit 1; }
     if alive; then exit 0; fi
-    kubectl apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
-    kubectl apply --server-side -f "$ROOT/config/rbac/manager.yaml" -f "$ROOT/config/rbac/node-agent.yaml" >/dev/null
+    if [[ "${BERTH_INSTALLED:-}" != 1 ]]; then
+      kubectl apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
+      kubectl apply --server-side -f "$ROOT/config/rbac/manager.yaml" -f "$ROOT/config/rbac/node-agent.yaml" >/dev/null
+    fi
     "$ROOT/e2e/cluster/cluster.sh" kubeconfig berth-system berth-manager "$STATE/manager.kubeconfig"
     port=$(free_port)
     mkdir -p "$STATE/pids" "$STATE/logs"
@@ -86,7 +93,7 @@ case "${1:-}" in
   down)
     if [[ -f "$PID" ]]; then kill -TERM "$(cat "$PID")" 2>/dev/null || true; rm -f "$PID"; fi
     # Left behind, they would refuse every InplaceSet write (failurePolicy Fail).
-    if [[ -f "$STATE/kubeconfig" ]] && ! others_alive; then
+    if [[ -f "$STATE/kubeconfig" && "${BERTH_INSTALLED:-}" != 1 ]] && ! others_alive; then
       kubectl delete validatingwebhookconfiguration berth-validating --ignore-not-found --request-timeout 5s \
         >/dev/null 2>&1 || true
       kubectl delete mutatingwebhookconfiguration berth-mutating --ignore-not-found --request-timeout 5s \

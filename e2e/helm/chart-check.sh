@@ -39,6 +39,7 @@ OPTIONS=(
   "local|--set local=true"
   "no-agent|--set nodeAgent.enabled=false --set manager.podDisruptionBudget.enabled=false"
   "image|--set image.repository=example/berth --set image.tag=v9"
+  "labels|--set labels.team=platform"
 )
 kinds() { grep -E '^kind: ' "$1" | sed 's/^kind: //' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}' | sed 's/ $//'; }
 expect_kinds() {
@@ -78,6 +79,9 @@ has default "fieldPath: spec.nodeName"
 has default "path: /run/containerd/containerd.sock"
 has default "path: /var/lib/berth"
 has image "image: example/berth:v9"
+# On every object, and on the Deployment's and the DaemonSet's pods.
+[[ $(grep -c 'team: platform' "$WORK/labels.yaml") == $(($(grep -c '^kind: ' "$WORK/labels.yaml") + 2)) ]] && ok \
+  || fail "labels: not on every object and pod template"
 has cert-manager "cert-manager.io/inject-ca-from: berth-system/berth-webhook-cert"
 has cert-manager "--webhook-cert-dir=/etc/berth/webhook-cert"
 has cert-manager-issuer "name: corp-ca"
