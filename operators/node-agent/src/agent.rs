@@ -1,6 +1,10 @@
 //! What the node agent does next for an Accepted resize on its node, judged
-//! from the pod alone: send the new resources through `pods/resize` (the
-//! kubelet actuates them), wait, or finish as Applied or Failed. Pure.
+//! from the pod alone. Pure.
+//!
+//! Two paths ([`ResizeMode`]): the kubelet's (send the new resources through
+//! `pods/resize`, wait until container status reports them, then apply a
+//! cpuset policy through CRI, which the kubelet cannot do), or the agent's
+//! own (the whole change through CRI, for agent-managed pods or every pod).
 
 use std::collections::BTreeMap;
 
@@ -15,6 +19,46 @@ use k8s_openapi::{
 };
 use serde_json::{Value, json};
 
+use crate::runtime_resize::Scope;
+
+/// Which path a request takes (`--resize-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// The kubelet's `pods/resize`, unless the pod carries
+    /// `berth.dev/resize-agent-managed: "true"`.
+    Auto,
+    /// Always the kubelet's `pods/resize`.
+    Kubelet,
+    /// Always the agent's CRI path.
+    Agent,
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kubelet" => Ok(Self::Kubelet),
+            "agent" => Ok(Self::Agent),
+            other => Err(format!("unknown resize mode {other:?}; allowed: auto, kubelet, agent")),
+        }
+    }
+}
+
+/// Whether `pod`'s resources are changed by the agent through CRI.
+pub fn agent_managed(pod: &Pod, mode: ResizeMode) -> bool {
+    match mode {
+        ResizeMode::Agent => true,
+        ResizeMode::Kubelet => false,
+        ResizeMode::Auto => pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::RESIZE_AGENT_MANAGED))
+            .is_some_and(|v| v == "true"),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Strategic-merge patch for the `pods/resize` subresource.
@@ -25,6 +69,10 @@ pub enum Step {
     Applied(String),
     /// It cannot be applied here.
     Failed(String),
+    /// Carry it out through CRI ([`crate::runtime_resize`]): the whole
+    /// request, or only its cpuset after the kubelet applied the resources
+    /// (`done` says what the kubelet did).
+    Runtime { request: ResizeRequest, scope: Scope, done: Option<String> },
 }
 
 /// Equal amounts for every resource either side names.
@@ -42,7 +90,7 @@ fn same_resources(a: &ResourceRequirements, b: &ResourceRequirements) -> bool {
 }
 
 /// The next step for `pod`, or `None` when it has no Accepted request.
-pub fn next_step(pod: &Pod) -> Option<Step> {
+pub fn next_step(pod: &Pod, mode: ResizeMode) -> Option<Step> {
     let annotations = pod.metadata.annotations.as_ref()?;
     let state: ResizeState = annotations.get(keys::RESIZE_STATE)?.parse().ok()?;
     if state != ResizeState::Accepted {
@@ -53,16 +101,14 @@ pub fn next_step(pod: &Pod) -> Option<Step> {
         Some(Err(e)) => return Some(Step::Failed(format!("{e}"))),
         None => return Some(Step::Failed(format!("no {} annotation", keys::RESIZE))),
     };
-    if request.cpuset.is_some() {
-        return Some(Step::Failed(
-            "exclusive CPUs (cpuset) are not applied by this agent yet; resubmit without cpuset".into(),
-        ));
-    }
     let spec = pod.spec.as_ref()?;
     let desired = match resize_pod::resized(spec, &request) {
         Ok(d) => d,
         Err(e) => return Some(Step::Failed(e)),
     };
+    if agent_managed(pod, mode) {
+        return Some(Step::Runtime { request, scope: Scope::Full, done: None });
+    }
     let changed: Vec<&String> = request.containers.keys().collect();
     let in_spec = |name: &String| {
         let now =
@@ -94,7 +140,11 @@ pub fn next_step(pod: &Pod) -> Option<Step> {
     let waiting: Vec<&&String> = changed.iter().filter(|n| !running(n)).collect();
     if waiting.is_empty() {
         let summary: Vec<String> = changed.iter().map(|n| format!("{n}: {}", describe(&desired[n.as_str()]))).collect();
-        Some(Step::Applied(format!("applied by the kubelet and reported in container status ({})", summary.join("; "))))
+        let done = format!("applied by the kubelet and reported in container status ({})", summary.join("; "));
+        if request.cpuset.is_some() {
+            return Some(Step::Runtime { request, scope: Scope::CpusetOnly, done: Some(done) });
+        }
+        Some(Step::Applied(done))
     } else {
         Some(Step::Wait(format!("waiting for {:?} to report the new resources", waiting)))
     }
@@ -127,36 +177,75 @@ mod tests {
 
     #[test]
     fn an_accepted_request_goes_through_pods_resize_then_waits_then_is_applied() {
-        let Some(Step::Resize(patch)) = next_step(&pod("Accepted", "500m", Some("500m"), json!([]))) else { panic!() };
+        let Some(Step::Resize(patch)) = next_step(&pod("Accepted", "500m", Some("500m"), json!([])), ResizeMode::Auto)
+        else {
+            panic!()
+        };
         assert_eq!(patch["spec"]["containers"][0]["name"], "app");
         assert_eq!(patch["spec"]["containers"][0]["resources"]["requests"]["cpu"], "800m");
         assert_eq!(patch["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2", "untouched values are sent too");
-        let step = next_step(&pod("Accepted", "800m", Some("500m"), json!([])));
+        let step = next_step(&pod("Accepted", "800m", Some("500m"), json!([])), ResizeMode::Auto);
         assert!(matches!(step, Some(Step::Wait(w)) if w.contains("\"app\"")));
-        let Some(Step::Applied(m)) = next_step(&pod("Accepted", "0.8", Some("800m"), json!([]))) else { panic!() };
+        let Some(Step::Applied(m)) = next_step(&pod("Accepted", "0.8", Some("800m"), json!([])), ResizeMode::Auto)
+        else {
+            panic!()
+        };
         assert!(m.contains("app: requests cpu=800m, limits cpu=2"), "{m}");
     }
 
     #[test]
     fn infeasible_fails_deferred_waits_and_other_states_are_left_alone() {
         let pending = |reason: &str| json!([{"type": "PodResizePending", "status": "True", "reason": reason, "message": "Node didn't have enough capacity"}]);
-        let step = next_step(&pod("Accepted", "800m", Some("500m"), pending("Infeasible")));
+        let step = next_step(&pod("Accepted", "800m", Some("500m"), pending("Infeasible")), ResizeMode::Auto);
         assert!(
             matches!(step, Some(Step::Failed(m)) if m.contains("cannot fit it on the node: Node didn't have enough capacity"))
         );
-        assert!(matches!(next_step(&pod("Accepted", "800m", Some("500m"), pending("Deferred"))), Some(Step::Wait(_))));
-        assert_eq!(next_step(&pod("Created", "500m", None, json!([]))), None);
-        assert_eq!(next_step(&pod("Applied", "800m", Some("800m"), json!([]))), None);
+        assert!(matches!(
+            next_step(&pod("Accepted", "800m", Some("500m"), pending("Deferred")), ResizeMode::Auto),
+            Some(Step::Wait(_))
+        ));
+        assert_eq!(next_step(&pod("Created", "500m", None, json!([])), ResizeMode::Auto), None);
+        assert_eq!(next_step(&pod("Applied", "800m", Some("800m"), json!([])), ResizeMode::Auto), None);
     }
 
     #[test]
-    fn a_cpuset_request_is_failed_with_a_reason_for_now() {
-        let mut p = pod("Accepted", "500m", None, json!([]));
+    fn a_cpuset_goes_through_cri_after_the_kubelet_reported_the_resources() {
+        let cpuset = r#"{"containers":{"app":{"requests":{"cpu":"800m"}}},"cpuset":{"exclusiveCpus":2}}"#;
+        let with = |mut p: Pod| {
+            p.metadata.annotations.as_mut().unwrap().insert(keys::RESIZE.into(), cpuset.into());
+            p
+        };
+        let first = next_step(&with(pod("Accepted", "500m", Some("500m"), json!([]))), ResizeMode::Auto);
+        assert!(matches!(first, Some(Step::Resize(_))), "resources first, through the kubelet: {first:?}");
+        let Some(Step::Runtime { request, scope, done }) =
+            next_step(&with(pod("Accepted", "800m", Some("800m"), json!([]))), ResizeMode::Auto)
+        else {
+            panic!()
+        };
+        assert_eq!(scope, Scope::CpusetOnly);
+        assert_eq!(request.cpuset.unwrap().exclusive_cpus, 2);
+        assert!(done.unwrap().starts_with("applied by the kubelet"));
+    }
+
+    #[test]
+    fn agent_managed_pods_and_agent_mode_go_through_cri() {
+        let mut p = pod("Accepted", "500m", Some("500m"), json!([]));
+        assert!(matches!(next_step(&p, ResizeMode::Agent), Some(Step::Runtime { scope: Scope::Full, done: None, .. })));
+        assert!(matches!(next_step(&p, ResizeMode::Auto), Some(Step::Resize(_))));
+        p.metadata.annotations.as_mut().unwrap().insert(keys::RESIZE_AGENT_MANAGED.into(), "true".into());
+        let Some(Step::Runtime { request, scope: Scope::Full, .. }) = next_step(&p, ResizeMode::Auto) else { panic!() };
+        assert_eq!(request.containers["app"].requests["cpu"].0, "800m");
+        assert!(matches!(next_step(&p, ResizeMode::Kubelet), Some(Step::Resize(_))), "kubelet mode ignores the mark");
+        // A request naming a container the pod lacks fails on either path.
         p.metadata
             .annotations
             .as_mut()
             .unwrap()
-            .insert(keys::RESIZE.into(), r#"{"cpuset":{"exclusiveCpus":2}}"#.into());
-        assert!(matches!(next_step(&p), Some(Step::Failed(m)) if m.contains("cpuset")));
+            .insert(keys::RESIZE.into(), r#"{"containers":{"db":{"requests":{"cpu":"1"}}}}"#.into());
+        assert!(
+            matches!(next_step(&p, ResizeMode::Auto), Some(Step::Failed(m)) if m.contains("\"db\" is not in the pod"))
+        );
+        assert_eq!("agent".parse::<ResizeMode>(), Ok(ResizeMode::Agent));
+        assert!("both".parse::<ResizeMode>().unwrap_err().contains("allowed: auto, kubelet, agent"));
     }
 }

@@ -1,40 +1,88 @@
 //! berth-node-agent: runs on every node (a DaemonSet), watches the
 //! berth-managed pods of its node and carries Accepted resize requests out:
-//! through `pods/resize` where the kubelet supports it, then Applied once the
-//! container status reports the new resources, or Failed with the reason. Its
-//! identity is a service-account token bound to its pod, whose node name the
-//! resize webhook checks against the pod's node.
+//! through `pods/resize` where the kubelet applies them (then a cpuset policy
+//! through CRI), or entirely through CRI for agent-managed pods; Applied or
+//! Failed with the reason. Its identity is a service-account token bound to
+//! its pod, whose node name the resize webhook checks against the pod's node.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
+use std::{path::PathBuf, time::Duration};
+
+use berth_api::keys;
+use berth_node_agent::{
+    agent::ResizeMode,
+    cpuset::CpuSet,
+    process::{self, Agent, RuntimeConfig},
 };
-
-use berth_api::{keys, resize::ResizeState};
-use berth_node_agent::agent::{Step, next_step};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, Client,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use serde_json::json;
 use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "berth's node agent: applies accepted in-place resizes on its node")]
 struct Args {
     /// The node this agent serves (from the downward API's spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "once_pod_file")]
+    node_name: Option<String>,
     /// Seconds an accepted resize may take before it is marked Failed.
     #[arg(long, env = "BERTH_RESIZE_DEADLINE", default_value_t = 120)]
     deadline_seconds: u64,
+    /// The container runtime's CRI socket. When it cannot be reached, the CRI
+    /// path is unavailable: requests that need it fail saying so.
+    #[arg(long, env = "BERTH_CRI_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    cri_socket: PathBuf,
+    /// Where the CPU manager keeps its state (file `cpu_manager_state`).
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth/node-agent")]
+    state_dir: PathBuf,
+    /// CPUs that may be given exclusively, e.g. "2-15". Default: every online
+    /// CPU but CPU 0 (interrupts and system daemons run there, and the
+    /// shared pool always keeps a CPU).
+    #[arg(long, env = "BERTH_EXCLUSIVE_CPUS")]
+    exclusive_cpus: Option<String>,
+    /// auto: the kubelet's pods/resize, unless the pod is annotated
+    /// berth.dev/resize-agent-managed=true; kubelet: always pods/resize;
+    /// agent: every request through CRI.
+    #[arg(long, env = "BERTH_RESIZE_MODE", default_value = "auto", value_parser = ["auto", "kubelet", "agent"])]
+    resize_mode: String,
+    /// Seconds between reconciles of the CPU manager with the runtime.
+    #[arg(long, env = "BERTH_RECONCILE_SECONDS", default_value_t = 30)]
+    reconcile_seconds: u64,
+    /// One shot, no API server: carry out the request of the pod in this
+    /// JSON file through CRI, print what the cgroups hold, exit.
+    #[arg(long)]
+    once_pod_file: Option<PathBuf>,
+    /// Pause before each runtime write, ms (tests kill the agent mid-way).
+    #[arg(long, hide = true, default_value_t = 0)]
+    step_delay_ms: u64,
     /// Log as JSON lines.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
+}
+
+fn runtime_config(args: &Args) -> anyhow::Result<RuntimeConfig> {
+    let node_cpus = process::online_cpus().map_err(anyhow::Error::msg)?;
+    let allocatable = match &args.exclusive_cpus {
+        None => process::default_exclusive(&node_cpus),
+        Some(raw) => {
+            let set: CpuSet = raw.parse().map_err(|e| anyhow::anyhow!("--exclusive-cpus: {e}"))?;
+            let offline = set.difference(&node_cpus);
+            if !offline.is_empty() {
+                anyhow::bail!("--exclusive-cpus {set}: CPUs {offline} are not online; online: {node_cpus}");
+            }
+            set
+        }
+    };
+    Ok(RuntimeConfig {
+        socket: args.cri_socket.clone(),
+        state_file: args.state_dir.join(process::STATE_FILE),
+        allocatable,
+        node_cpus,
+        step_delay: Duration::from_millis(args.step_delay_ms),
+    })
 }
 
 #[tokio::main]
@@ -43,25 +91,34 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,kube=warn".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_json {
         logs.json().init()
     } else {
         logs.init()
     }
 
+    let config = runtime_config(&args)?;
+    if let Some(file) = &args.once_pod_file {
+        let result = process::once(&config, file).await.map_err(anyhow::Error::msg)?;
+        println!("{result}");
+        return Ok(());
+    }
+    let mode: ResizeMode = args.resize_mode.parse().map_err(anyhow::Error::msg)?;
+    let node = args.node_name.clone().unwrap_or_default();
+
     let client = Client::try_default().await?;
-    let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={}", args.node_name))
-        .labels(&format!("{}=true", keys::MANAGED));
+    let mut agent = Agent::new(client.clone(), mode, Duration::from_secs(args.deadline_seconds), config).await;
+    let watch =
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")).labels(&format!("{}=true", keys::MANAGED));
     let (store, writer) = reflector::store();
     let mut changes =
-        Box::pin(watcher(Api::<Pod>::all(client.clone()), config).default_backoff().reflect(writer).touched_objects());
-    info!(node = %args.node_name, "berth-node-agent watching the managed pods of its node");
-    let deadline = Duration::from_secs(args.deadline_seconds);
-    // When each request was first seen Accepted (pod UID → instant): the deadline's start.
-    let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
+        Box::pin(watcher(Api::<Pod>::all(client), watch).default_backoff().reflect(writer).touched_objects());
+    info!(node = %node, mode = %args.resize_mode, "berth-node-agent watching the managed pods of its node");
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut reconcile = tokio::time::interval(Duration::from_secs(args.reconcile_seconds.max(1)));
+    reconcile.tick().await; // connecting reconciled already
     loop {
         tokio::select! {
             change = changes.next() => match change {
@@ -70,46 +127,13 @@ async fn main() -> anyhow::Result<()> {
                 None => break,
             },
             _ = tick.tick() => {}
+            _ = reconcile.tick() => { agent.tick().await; continue }
             _ = tokio::signal::ctrl_c() => break,
         }
         for pod in store.state() {
-            let Some(step) = next_step(&pod) else {
-                seen.remove(&pod.uid().unwrap_or_default());
-                continue;
-            };
-            let since = *seen.entry(pod.uid().unwrap_or_default()).or_insert_with(Instant::now);
-            if let Err(e) = act(&client, &pod, step, since.elapsed() > deadline, deadline).await {
-                warn!(pod = %pod.name_any(), namespace = pod.namespace().unwrap_or_default(), error = %e, "resize step failed; retrying");
-            }
+            agent.handle(&pod).await;
         }
     }
     info!("berth-node-agent stopped");
     Ok(())
-}
-
-async fn act(client: &Client, pod: &Pod, step: Step, overdue: bool, deadline: Duration) -> kube::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-    let name = pod.name_any();
-    let finish = |state: ResizeState, message: String| {
-        json!({"metadata": {"resourceVersion": pod.resource_version(),
-            "annotations": {keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message}}})
-    };
-    let (state, message) = match step {
-        Step::Resize(patch) => {
-            info!(pod = %name, "sending the new resources through pods/resize");
-            return pods.patch_resize(&name, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ());
-        }
-        Step::Wait(why) if overdue => {
-            (ResizeState::Failed, format!("not applied within {}s: {why}", deadline.as_secs()))
-        }
-        Step::Wait(_) => return Ok(()),
-        Step::Applied(m) => (ResizeState::Applied, m),
-        Step::Failed(m) => (ResizeState::Failed, m),
-    };
-    info!(pod = %name, %state, %message, "resize finished");
-    match pods.patch(&name, &PatchParams::default(), &Patch::Merge(finish(state, message))).await {
-        // Changed since read: the next pass looks again.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        result => result.map(|_| ()),
-    }
 }

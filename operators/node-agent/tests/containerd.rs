@@ -759,3 +759,107 @@ async fn restart_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &st
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_agent_binary_sigkilled_mid_way_and_run_again_keeps_cpu_assignments_consistent() -> Res<()> {
+    let Some(env) = env() else {
+        eprintln!("SKIPPED: BERTH_CRI_SOCKET is not set (make cri-test)");
+        return Ok(());
+    };
+    let _one_at_a_time = RUNTIME.lock().await;
+    if cpus()?.1.is_empty() {
+        println!("one CPU only: no exclusive CPU to give");
+        return Ok(());
+    }
+    let env2 = Env { socket: env.socket.clone(), image: env.image.clone(), cgroup_parent: env.cgroup_parent.clone() };
+    with_pods(&env, 2, move |cri, pods, work| Box::pin(binary_scenario(env2, cri, pods, work))).await
+}
+
+/// `berth-node-agent --once-pod-file`: the agent binary, one request, no API server.
+fn agent_once(env: &Env, work: &std::path::Path, pod_file: &std::path::Path, delay_ms: u64) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth-node-agent"));
+    cmd.arg("--once-pod-file")
+        .arg(pod_file)
+        .arg("--cri-socket")
+        .arg(&env.socket)
+        .arg("--state-dir")
+        .arg(work.join("agent-state"))
+        .arg("--step-delay-ms")
+        .arg(delay_ms.to_string())
+        .env_remove("NODE_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+async fn binary_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std::path::Path) -> Res<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let a = &pods[0];
+    let state = work.join("agent-state").join("cpu_manager_state");
+    let pin = serde_json::json!({
+        "containers": {"app": {"limits": {"cpu": "1", "memory": "192Mi"}}, "side": {"limits": {"cpu": "300m"}}},
+        "cpuset": {"exclusiveCpus": 1}});
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "a", "namespace": "berth-test", "uid": a.uid,
+            "annotations": {berth_api::keys::RESIZE: pin.to_string(), berth_api::keys::RESIZE_STATE: "Accepted"}},
+        "spec": pod_spec()});
+    let pod_file = work.join("pod.json");
+    std::fs::write(&pod_file, serde_json::to_vec(&pod)?)?;
+    let v1 = cri.cgroup_version() == CgroupVersion::V1;
+    let mem_file = if v1 { "memory.limit_in_bytes" } else { "memory.max" };
+
+    // The agent, slowed to 300 ms per write, is SIGKILLed once the pod's CPU
+    // is on disk and app's memory is changed, before the rest.
+    let mut child = agent_once(&env, work, &pod_file, 300).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = std::fs::read_to_string(&state).unwrap_or_default().contains(&a.uid);
+        let memory = read(cri, &a.ids["app"], "memory", mem_file).await? == (192 * MIB).to_string();
+        if recorded && memory {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            return Err(format!(
+                "the agent exited ({status}) before it could be killed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        assert!(Instant::now() < deadline, "the agent made no progress in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill()?; // SIGKILL
+    let status = child.wait()?;
+    assert_eq!(status.signal(), Some(9), "killed, not finished: {status}");
+    let mine = CpuManager::load(&state, cpus()?.1)?.get(&ContainerKey::new(&a.uid, "app")).cloned().expect("recorded");
+    let mut behind = Vec::new();
+    for p in pods {
+        for (name, id) in &p.ids {
+            let want = if p.uid == a.uid { mine.clone() } else { host_cpus()?.difference(&mine) };
+            if cpuset_of(cri, id).await? != want {
+                behind.push(format!("{}/{name}", p.uid));
+            }
+        }
+    }
+    assert!(!behind.is_empty(), "killed mid-way: some container is not yet on its CPUs");
+    println!("agent binary SIGKILLed mid-way: CPU {mine} recorded, not yet applied to {behind:?}");
+
+    // Run again, as the restarted agent: finishes, consistent.
+    let out = agent_once(&env, work, &pod_file, 0).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(first["exclusive"], mine.to_string());
+    assert_eq!(first["applied"]["app"]["memoryLimitBytes"], 192 * MIB);
+    assert_eq!(first["applied"]["app"]["cpusetCpus"], mine.to_string());
+    let assignments = consistent(cri, &state, pods).await?;
+    assert_eq!(assignments.len(), 1);
+    // And once more: nothing to do.
+    let out = agent_once(&env, work, &pod_file, 0).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((again["writes"].as_u64(), again["moved"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(again["applied"], first["applied"]);
+    println!("re-run finished it ({} writes), a third run wrote nothing", first["writes"]);
+    Ok(())
+}
