@@ -108,9 +108,9 @@ unit: deps ## unit tests (no cluster)
 e2e: ## e2e suites against the local cluster with berth-manager (started and stopped here), or E2E_KUBECONFIG
 	@if [ -n "$$E2E_KUBECONFIG" ]; then \
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
-	  cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; \
+	  cargo build --locked -p kubectl-berth && cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; \
 	else \
-	  cargo build --locked -p berth-manager -p berth-node-agent && $(MAKE) --no-print-directory helm-bin && \
+	  cargo build --locked -p berth-manager -p berth-node-agent -p kubectl-berth && $(MAKE) --no-print-directory helm-bin && \
 	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
 	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    echo "failover suite, alone: it stops the manager the suites above use"; \

@@ -34,7 +34,7 @@ pub fn allocatable(node: &Node) -> Result<Amounts, String> {
 }
 
 /// Requests of these containers summed (a missing request counts as its limit, as the scheduler does).
-fn requests<'a>(resources: impl IntoIterator<Item = &'a ResourceRequirements>) -> Amounts {
+pub fn requests<'a>(resources: impl IntoIterator<Item = &'a ResourceRequirements>) -> Amounts {
     let mut sum = Amounts::default();
     for r in resources {
         let (req, lim) = (r.requests.clone().unwrap_or_default(), r.limits.clone().unwrap_or_default());
@@ -57,7 +57,7 @@ pub fn resize_of(pod: &Pod) -> Option<(ResizeState, Result<ResizeRequest, String
 
 /// What a pod counts for on its node: its requests, or, with a resize
 /// accepted but not yet applied, the larger of before and after.
-fn load(pod: &Pod) -> Amounts {
+pub fn load(pod: &Pod) -> Amounts {
     let Some(spec) = pod.spec.as_ref() else { return Amounts::default() };
     let now = requests(spec.containers.iter().filter_map(|c| c.resources.as_ref()));
     match resize_of(pod) {

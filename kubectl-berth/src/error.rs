@@ -1,0 +1,48 @@
+//! The plugin's one error type, and how every outcome maps to an exit code.
+
+/// Exit codes (documented in `--help`): scripts tell the outcomes apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done: a rollout completed, a resize was Applied, a plan fits.
+    Success = 0,
+    /// The thing watched failed: a rollout stalled or failed, a resize was Rejected or Failed, a plan does not fit.
+    Failed = 1,
+    /// `--timeout` passed before an outcome.
+    Timeout = 2,
+    /// Bad input, or the cluster could not be read or written.
+    Error = 3,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("{kind} {name:?} not found in namespace {namespace:?}")]
+    NotFound { kind: &'static str, name: String, namespace: String },
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("watch: {0}")]
+    Watch(#[from] kube::runtime::watcher::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("reading {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("encoding output: {0}")]
+    Output(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A 404 from the API as a [`Error::NotFound`] naming the object.
+    pub fn from_get(e: kube::Error, kind: &'static str, name: &str, namespace: &str) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 404 => {
+                Error::NotFound { kind, name: name.into(), namespace: namespace.into() }
+            }
+            e => Error::Kube(e),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
