@@ -347,6 +347,23 @@ async fn helm_install_upgrade_uninstall() -> Result<()> {
         configurations_filled(&client, helms).await?;
         let ns = rolls_in_place(&client, "helm", &image_a, &image_b).await?;
 
+        // The documented CRD upgrade step (Helm never upgrades crds/): an
+        // older CRD, here one whose printer column another manager changed,
+        // is brought to the chart's version despite the conflict.
+        let column = "{.spec.versions[0].additionalPrinterColumns[0].description}";
+        let current = kubectl(&["get", "crd", "inplacesets.apps.berth.dev", "-o", &format!("jsonpath={column}")])?;
+        kubectl(&[
+            "patch",
+            "crd",
+            "inplacesets.apps.berth.dev",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/spec/versions/0/additionalPrinterColumns/0/description", "value": "old"}]"#,
+        ])?;
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "charts/berth/crds/"])?;
+        let upgraded = kubectl(&["get", "crd", "inplacesets.apps.berth.dev", "-o", &format!("jsonpath={column}")])?;
+        ensure!(upgraded == current && current != "old", "CRD not upgraded: {upgraded:?}, expected {current:?}");
+
         // Upgrade with a changed value: it takes effect, and leaves the
         // manager's webhooks and its Lease alone.
         let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
@@ -405,6 +422,12 @@ async fn kustomize_local_install_and_delete() -> Result<()> {
         let (image_a, image_b) = images();
         let config_rbac = all_rules(&client).await?;
         take_apart()?;
+
+        // The in-cluster overlay, as `kubectl apply -k config/default` sends it, is accepted.
+        let dry_run = kubectl(&["apply", "--dry-run=server", "-k", "config/default"])?;
+        for object in ["deployment.apps/berth-manager", "daemonset.apps/berth-node-agent", "service/berth-webhooks"] {
+            ensure!(dry_run.contains(&format!("{object} created (server dry run)")), "{object}:\n{dry_run}");
+        }
 
         let applied = kubectl(&["apply", "--server-side", "-k", "config/local"])?;
         for object in [
