@@ -19,7 +19,7 @@ pub enum Error {
     Usage(String),
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
-    #[error("{kind} {name:?} not found in namespace {namespace:?}")]
+    #[error("{kind} {name:?} not found{}", in_namespace(.namespace))]
     NotFound { kind: &'static str, name: String, namespace: String },
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -45,4 +45,25 @@ impl Error {
     }
 }
 
+/// ` in namespace "x"`, or nothing for a cluster-scoped object.
+fn in_namespace(namespace: &str) -> String {
+    if namespace.is_empty() { String::new() } else { format!(" in namespace {namespace:?}") }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_names_the_object_and_its_namespace_if_it_has_one() {
+        let e = |namespace: &str| Error::NotFound { kind: "pod", name: "web-0".into(), namespace: namespace.into() };
+        assert_eq!(e("prod").to_string(), "pod \"web-0\" not found in namespace \"prod\"");
+        assert_eq!(
+            Error::NotFound { kind: "node", name: "n1".into(), namespace: String::new() }.to_string(),
+            "node \"n1\" not found"
+        );
+        assert_eq!(Exit::Timeout as i32, 2);
+    }
+}

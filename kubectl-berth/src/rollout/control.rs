@@ -69,10 +69,11 @@ fn approval(set: &InplaceSet) -> Option<(i32, i32)> {
     (manual && waiting && plan.approved_batches <= batch).then_some((batch + 1, batch))
 }
 
-/// Applies `verb` to set `name`, retrying once on a conflicting write.
+/// Applies `verb` to set `name`, deciding again (up to twice) after a conflicting write.
 pub async fn run(client: Client, namespace: &str, name: &str, verb: Verb) -> Result<Exit> {
     let api: Api<InplaceSet> = Api::namespaced(client, namespace);
-    for attempt in 0..3 {
+    let mut attempt = 0;
+    loop {
         let set = api.get(name).await.map_err(|e| Error::from_get(e, "InplaceSet", name, namespace))?;
         let (patch, said) = match change(&set, verb) {
             Ok(c) => c,
@@ -86,11 +87,11 @@ pub async fn run(client: Client, namespace: &str, name: &str, verb: Verb) -> Res
                 println!("{said}");
                 return Ok(Exit::Success);
             }
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 2 => continue,
+            // Someone else wrote the set since it was read: decide again on the new one.
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 2 => attempt += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 #[cfg(test)]
