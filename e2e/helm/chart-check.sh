@@ -77,7 +77,8 @@ has default "path: /healthz"
 has default "image: berth:0.1.0"
 has default "fieldPath: spec.nodeName"
 has default "path: /run/containerd/containerd.sock"
-has default "path: /var/lib/berth"
+has default "path: /var/lib/berth/node-agent"
+has default "name: BERTH_RESIZE_MODE"
 has image "image: example/berth:v9"
 # On every object, and on the Deployment's and the DaemonSet's pods.
 [[ $(grep -c 'team: platform' "$WORK/labels.yaml") == $(($(grep -c '^kind: ' "$WORK/labels.yaml") + 2)) ]] && ok \
@@ -117,6 +118,7 @@ refuse "a misspelt manager value" "additional properties 'replica' not allowed" 
 refuse "an unknown webhook value" "additional properties 'caBundle' not allowed" --set webhook.caBundle=x
 refuse "an unknown certificates source" "value must be one of 'helm', 'cert-manager', 'self-generated'" --set webhook.certificates=vault
 refuse "a timeout past 30 s" "/webhook/timeoutSeconds" --set webhook.timeoutSeconds=31
+refuse "an unknown resize mode" "/nodeAgent/resizeMode" --set nodeAgent.resizeMode=fast
 refuse "a relative CRI socket" "/nodeAgent/criSocket" --set nodeAgent.criSocket=containerd.sock
 refuse "a flag without --" "/manager/extraArgs/0" --set 'manager.extraArgs[0]=leader-elect'
 refuse "self-generated CA with 2 replicas" "webhook.certificates=self-generated needs manager.replicas=1" \
