@@ -121,8 +121,9 @@ impl Outcome {
                 s
             })
             .collect();
-        let what = if self.unchanged() { "already held by the runtime" } else { "applied through CRI" };
-        format!("{what} and verified in the cgroup files ({})", list.join("; "))
+        // A re-run after a lost status write finds it done: same message, marked.
+        let again = if self.unchanged() { ", no write needed" } else { "" };
+        format!("applied through CRI and verified in the cgroup files{again} ({})", list.join("; "))
     }
 }
 
