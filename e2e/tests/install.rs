@@ -409,9 +409,65 @@ async fn helm_install_upgrade_uninstall() -> Result<()> {
         ensure!(left.is_empty(), "helm uninstall left {left:?}");
         crds_present()?;
         ensure!(sets.get_opt("web").await?.is_some(), "the InplaceSet went with the chart");
-        ns.delete().await
+        ns.delete().await?;
+        in_cluster_mode_keeps_its_certificate(&client).await
     })
     .await
+}
+
+/// The in-cluster mode for real, with no pods (the hollow nodes run no
+/// image): its Helm-generated certificate survives an upgrade (lookup), so
+/// running replicas never see their CA change, while a changed value reaches
+/// the Deployment; uninstall leaves nothing.
+async fn in_cluster_mode_keeps_its_certificate(client: &Client) -> Result<()> {
+    helm(&[
+        "install",
+        RELEASE,
+        "charts/berth",
+        "-n",
+        NAMESPACE,
+        "--set",
+        "manager.replicas=0",
+        "--set",
+        "nodeAgent.enabled=false",
+        "--wait",
+        "--timeout",
+        "2m",
+    ])?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let cert = secrets.get("berth-webhook-cert").await?.data.unwrap_or_default();
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        ensure!(cert.get(key).is_some_and(|v| !v.0.is_empty()), "berth-webhook-cert has no {key}");
+    }
+    let log_level = |d: k8s_openapi::api::apps::v1::Deployment| {
+        d.spec.template.spec.and_then(|s| {
+            s.containers[0].env.iter().flatten().find(|e| e.name == "BERTH_LOG").and_then(|e| e.value.clone())
+        })
+    };
+    let log = log_level(deployments.get("berth-manager").await?);
+    ensure!(log.as_deref() == Some("info,kube=warn"), "{log:?}");
+    helm(&[
+        "upgrade",
+        RELEASE,
+        "charts/berth",
+        "-n",
+        NAMESPACE,
+        "--reuse-values",
+        "--set",
+        "manager.logLevel=debug",
+        "--wait",
+        "--timeout",
+        "2m",
+    ])?;
+    let kept = secrets.get("berth-webhook-cert").await?.data.unwrap_or_default();
+    ensure!(kept == cert, "helm upgrade changed the webhook certificate under the running replicas");
+    let log = log_level(deployments.get("berth-manager").await?);
+    ensure!(log.as_deref() == Some("debug"), "manager.logLevel did not reach the Deployment: {log:?}");
+    helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"])?;
+    let left = leftovers()?;
+    ensure!(left.is_empty(), "helm uninstall (in-cluster mode) left {left:?}");
+    Ok(())
 }
 
 #[tokio::test]
