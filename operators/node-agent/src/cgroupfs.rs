@@ -183,6 +183,30 @@ impl ProcCgroup {
         out
     }
 
+    /// A container's cgroup from its OCI spec's `linux.cgroupsPath`, as runc
+    /// places it: the cgroupfs form (`/kubepods/burstable/pod<UID>/<id>`) under
+    /// every hierarchy's root, or the systemd form (`slice:prefix:name`) as the
+    /// unit `prefix-name.scope` inside the expanded slice. Unlike
+    /// `/proc/PID/cgroup`, it needs neither the host's PID namespace nor its
+    /// cgroup namespace.
+    pub fn from_cgroups_path(cgroups_path: &str) -> Result<Self, String> {
+        let path = match cgroups_path.split(':').collect::<Vec<_>>()[..] {
+            [one] if one.starts_with('/') => one.trim_end_matches('/').to_string(),
+            [slice, prefix, name] => {
+                let slice = if slice.is_empty() { "system.slice" } else { slice };
+                let unit = if name.ends_with(".slice") { name.to_string() } else { format!("{prefix}-{name}.scope") };
+                format!("{}/{unit}", expand_slice(slice)?.trim_end_matches('/'))
+            }
+            _ => {
+                return Err(format!(
+                    "cgroupsPath {cgroups_path:?} is neither an absolute path nor systemd's \"slice:prefix:name\""
+                ));
+            }
+        };
+        let controllers = ["cpu", "cpuacct", "memory", "cpuset", "pids", "blkio", "hugetlb"];
+        Ok(Self { v1: controllers.iter().map(|c| (c.to_string(), path.clone())).collect(), unified: Some(path) })
+    }
+
     /// The enclosing cgroup: for a container, its pod's (kubelet layout
     /// `.../pod<UID>/<container>`, or a sandbox's `cgroup_parent`).
     pub fn parent(&self) -> Self {
@@ -192,6 +216,28 @@ impl ProcCgroup {
         };
         Self { v1: self.v1.iter().map(|(k, v)| (k.clone(), up(v))).collect(), unified: self.unified.as_ref().map(up) }
     }
+}
+
+/// systemd's slice nesting, as runc expands it: `a-b-c.slice` is
+/// `/a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root.
+pub fn expand_slice(slice: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("systemd slice {slice:?}: {why}");
+    let name = slice.strip_suffix(".slice").ok_or_else(|| bad("does not end in .slice"))?;
+    if name == "-" {
+        return Ok("/".into());
+    }
+    if name.contains('/') {
+        return Err(bad("contains '/'"));
+    }
+    let (mut path, mut prefix) = (String::new(), String::new());
+    for part in name.split('-') {
+        if part.is_empty() {
+            return Err(bad("has an empty component"));
+        }
+        path.push_str(&format!("/{prefix}{part}.slice"));
+        prefix.push_str(&format!("{part}-"));
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -232,6 +278,36 @@ mod tests {
         );
         assert_eq!(proc.parent().unified.as_deref(), Some("/kubepods/burstable/podx"));
         assert_eq!(ProcCgroup::parse("0::/top\n").parent().unified.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn a_containers_cgroup_from_its_spec_for_both_drivers() {
+        let fs = CgroupFs::from_mountinfo(HYBRID);
+        let cg = ProcCgroup::from_cgroups_path("/kubepods/burstable/pod1/abc").unwrap();
+        let f = CgroupFile { controller: "cpu", file: "cpu.shares", value: String::new() };
+        assert_eq!(
+            fs.file_path(&cg, &f).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/cpu/kubepods/burstable/pod1/abc/cpu.shares")
+        );
+        assert_eq!(
+            fs.dir("cpuset", &cg.parent()).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/cpuset/kubepods/burstable/pod1")
+        );
+
+        let cg = ProcCgroup::from_cgroups_path("kubepods-burstable-pod1.slice:cri-containerd:abc").unwrap();
+        let want = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-abc.scope";
+        assert_eq!(cg.unified.as_deref(), Some(want));
+        assert_eq!(cg.v1["memory"], want);
+        assert_eq!(
+            cg.parent().unified.as_deref(),
+            Some("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice")
+        );
+        assert_eq!(expand_slice("-.slice").unwrap(), "/");
+        assert_eq!(expand_slice("system.slice").unwrap(), "/system.slice");
+        for bad in ["kubepods", "a--b.slice", "a/b.slice"] {
+            assert!(expand_slice(bad).unwrap_err().contains(bad), "{bad}");
+        }
+        assert!(ProcCgroup::from_cgroups_path("relative/path").unwrap_err().contains("neither an absolute path"));
     }
 
     #[test]

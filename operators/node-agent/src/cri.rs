@@ -57,6 +57,8 @@ pub struct ContainerInfo {
     pub status: cri::ContainerStatus,
     /// The container's init process on the host, when it runs.
     pub pid: Option<u32>,
+    /// The OCI spec's `linux.cgroupsPath` (containerd's verbose info).
+    pub cgroups_path: Option<String>,
 }
 
 /// Time spent on one update.
@@ -196,22 +198,28 @@ impl CriClient {
             .await
             .map_err(call("ContainerStatus", id))?
             .into_inner();
-        // containerd: info["info"] is JSON with the task's "pid".
-        let pid = resp
-            .info
-            .get("info")
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
-            .and_then(|v| v.get("pid")?.as_u64())
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0);
+        // containerd: info["info"] is JSON with the task's "pid" and the OCI "runtimeSpec".
+        let info = resp.info.get("info").and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok());
+        let pid =
+            info.as_ref().and_then(|v| v.get("pid")?.as_u64()).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        let cgroups_path = info
+            .as_ref()
+            .and_then(|v| v.pointer("/runtimeSpec/linux/cgroupsPath")?.as_str().map(str::to_string))
+            .filter(|p| !p.is_empty());
         let status =
             resp.status.ok_or_else(|| CriError::NoCgroup { container: id.into(), reason: "no status".into() })?;
-        Ok(ContainerInfo { status, pid })
+        Ok(ContainerInfo { status, pid, cgroups_path })
     }
 
-    /// The container's cgroup, from its init process.
+    /// A running container's cgroup: from its OCI spec's cgroupsPath (no
+    /// host PID or cgroup namespace needed), else from its init process.
     pub async fn container_cgroup(&mut self, id: &str) -> Result<ProcCgroup, CriError> {
         let info = self.container_status(id).await?;
+        let running = info.status.state == cri::ContainerState::ContainerRunning as i32;
+        if let (true, Some(path)) = (running, &info.cgroups_path) {
+            return ProcCgroup::from_cgroups_path(path)
+                .map_err(|reason| CriError::NoCgroup { container: id.into(), reason });
+        }
         let pid = info.pid.ok_or_else(|| CriError::NoCgroup {
             container: id.into(),
             reason: format!(

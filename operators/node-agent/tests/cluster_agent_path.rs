@@ -179,7 +179,13 @@ async fn an_agent_managed_pod_is_resized_through_cri_by_the_real_agent() -> Res<
 
     let mut cri = CriClient::connect(&socket).await?;
     let (sandbox, app) = run_app(&mut cri, &uid, &image, &work).await?;
-    let result = scenario(&client, &kubeconfig, &socket, &work, &pods, &mut cri, &app).await;
+    // A failed assertion still removes the sandbox (it would disturb the CRI tests).
+    let result = {
+        use futures::FutureExt;
+        std::panic::AssertUnwindSafe(scenario(&client, &kubeconfig, &socket, &work, &pods, &mut cri, &app))
+            .catch_unwind()
+            .await
+    };
 
     let _ = cri.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await;
     let _ = cri.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await;
@@ -190,7 +196,10 @@ async fn an_agent_managed_pod_is_resized_through_cri_by_the_real_agent() -> Res<
     let placeholders: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
     let _ = placeholders.delete(&format!("agent-path-{}", std::process::id()), &DeleteParams::default()).await;
     let _ = std::fs::remove_dir_all(&work);
-    result
+    match result {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 async fn scenario(
