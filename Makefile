@@ -128,8 +128,9 @@ test: deps ## everything CI runs: CRD freshness, chart and overlay checks, lint,
 	exit $$rc
 
 .PHONY: demo
-demo: deps build cluster-up ## the main job: local cluster, berth installed, an example InplaceSet rolled in place
+demo: deps build cluster-up ## the main job: local cluster, berth installed, an InplaceSet rolled in place in batches, then resized in place
 	@e2e/manager.sh up
+	@e2e/node-agents.sh up
 	@e2e/demo.sh
 
 .PHONY: demo-down
