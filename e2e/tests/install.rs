@@ -410,7 +410,7 @@ async fn helm_install_upgrade_uninstall() -> Result<()> {
         crds_present()?;
         ensure!(sets.get_opt("web").await?.is_some(), "the InplaceSet went with the chart");
         ns.delete().await?;
-        in_cluster_mode_keeps_its_certificate(&client).await
+        in_cluster_mode(&client).await
     })
     .await
 }
@@ -418,8 +418,14 @@ async fn helm_install_upgrade_uninstall() -> Result<()> {
 /// The in-cluster mode for real, with no pods (the hollow nodes run no
 /// image): its Helm-generated certificate survives an upgrade (lookup), so
 /// running replicas never see their CA change, while a changed value reaches
-/// the Deployment; uninstall leaves nothing.
-async fn in_cluster_mode_keeps_its_certificate(client: &Client) -> Result<()> {
+/// the Deployment. Then the apiserver calls the webhooks through the chart's
+/// Service with that certificate: a manager started as the Deployment would
+/// start it (--webhook-cert-dir holding the Secret's files, no URL host), on
+/// this host, the Service turned into an ExternalName for localhost (the
+/// local cluster has no pod network; the apiserver resolves an ExternalName
+/// webhook Service to that host and still verifies the certificate for
+/// berth-webhooks.berth-system.svc). Uninstall leaves nothing.
+async fn in_cluster_mode(client: &Client) -> Result<()> {
     helm(&[
         "install",
         RELEASE,
@@ -464,10 +470,119 @@ async fn in_cluster_mode_keeps_its_certificate(client: &Client) -> Result<()> {
     ensure!(kept == cert, "helm upgrade changed the webhook certificate under the running replicas");
     let log = log_level(deployments.get("berth-manager").await?);
     ensure!(log.as_deref() == Some("debug"), "manager.logLevel did not reach the Deployment: {log:?}");
+
+    let served = {
+        let manager = ServiceModeManager::start(&cert)?;
+        served_through_the_service(client, manager.port, &cert).await
+    };
     helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"])?;
+    served?;
     let left = leftovers()?;
     ensure!(left.is_empty(), "helm uninstall (in-cluster mode) left {left:?}");
     Ok(())
+}
+
+/// berth-manager on this host with the chart's certificate files and the
+/// Service endpoint, as the manager's own service account; stopped on drop.
+struct ServiceModeManager {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ServiceModeManager {
+    fn start(cert: &std::collections::BTreeMap<String, k8s_openapi::ByteString>) -> Result<Self> {
+        let state = tool("E2E_STATE")?;
+        let dir = state.join("install-cert");
+        std::fs::create_dir_all(&dir)?;
+        for (key, value) in cert {
+            std::fs::write(dir.join(key), &value.0)?;
+        }
+        let kubeconfig = state.join("install-manager.kubeconfig");
+        let mut c = Command::new(repo_root().join("e2e/cluster/cluster.sh"));
+        c.args(["kubeconfig", NAMESPACE, "berth-manager"]).arg(&kubeconfig);
+        run(c)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bin = std::env::var_os("BERTH_MANAGER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/berth-manager"));
+        let log = std::fs::File::create(state.join("logs/berth-manager-install.log"))?;
+        let child = Command::new(&bin)
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["--webhook-bind", "127.0.0.1", "--webhook-port", &port.to_string()])
+            .args(["--webhook-service-port", &port.to_string(), "--webhook-cert-dir"])
+            .arg(&dir)
+            .args(["--lease-duration", "6", "--lease-grace", "2"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("{}", bin.display()))?;
+        Ok(Self { child, port, dir })
+    }
+}
+
+impl Drop for ServiceModeManager {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn served_through_the_service(
+    client: &Client,
+    port: u16,
+    cert: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+) -> Result<()> {
+    kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "service",
+        "berth-webhooks",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "ExternalName", "externalName": "localhost", "clusterIP": null, "clusterIPs": null,
+            "selector": null, "ipFamilies": null, "ipFamilyPolicy": null, "internalTrafficPolicy": null}}"#,
+    ])?;
+    // The manager points the configurations at the Service, with the Secret's ca.crt.
+    let ca = &cert.get("ca.crt").context("no ca.crt")?.0;
+    let configurations = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let webhooks = configurations.get("berth-validating").await?.webhooks.unwrap_or_default();
+        let pointed = !webhooks.is_empty()
+            && webhooks.iter().all(|w| {
+                let c = &w.client_config;
+                c.ca_bundle.as_ref().is_some_and(|b| &b.0 == ca)
+                    && c.service.as_ref().is_some_and(|s| {
+                        s.name == "berth-webhooks" && s.namespace == NAMESPACE && s.port == Some(i32::from(port))
+                    })
+            });
+        if pointed {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the configurations never named the Service and the chart's CA");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A refusal can only come from berth's webhook, reached over TLS.
+    let ns = TestNamespace::create(client, "service").await?;
+    let mut bad = set(1, &images().0, serde_json::json!({}));
+    bad.spec.selector.match_labels = Some([("app".to_string(), "other".to_string())].into());
+    let refused = ns.api::<InplaceSet>().create(&PostParams::default(), &bad).await;
+    let (code, message) = berth_e2e::refusal(refused)?;
+    ensure!(
+        code == 403 && message.contains("inplaceset.apps.berth.dev") && message.contains("spec.selector"),
+        "not refused by berth's webhook: {code} {message}"
+    );
+    ns.delete().await?;
+    let ns = rolls_in_place(client, "service", &images().0, &images().1).await?;
+    ns.delete().await
 }
 
 #[tokio::test]
