@@ -109,13 +109,16 @@ async fn main() -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_default();
 
     let client = Client::try_default().await?;
-    let mut agent = Agent::new(client.clone(), mode, Duration::from_secs(args.deadline_seconds), config).await;
+    let mut agent = Agent::new(client.clone(), &node, mode, Duration::from_secs(args.deadline_seconds), config).await;
     let watch =
         watcher::Config::default().fields(&format!("spec.nodeName={node}")).labels(&format!("{}=true", keys::MANAGED));
     let (store, writer) = reflector::store();
     let mut changes =
         Box::pin(watcher(Api::<Pod>::all(client), watch).default_backoff().reflect(writer).touched_objects());
     info!(node = %node, mode = %args.resize_mode, "berth-node-agent watching the managed pods of its node");
+    // A DaemonSet pod is stopped with SIGTERM: leave between steps (every
+    // change is persisted or verified before the next).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut reconcile = tokio::time::interval(Duration::from_secs(args.reconcile_seconds.max(1)));
     reconcile.tick().await; // connecting reconciled already
@@ -129,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             _ = tick.tick() => {}
             _ = reconcile.tick() => { agent.tick().await; continue }
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
         }
         for pod in store.state() {
             agent.handle(&pod).await;

@@ -13,8 +13,9 @@ use std::{
 use berth_api::{keys, resize::ResizeState};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -117,18 +118,22 @@ pub struct Agent {
     pub deadline: Duration,
     pub config: RuntimeConfig,
     pub runtime: RuntimeSlot,
+    recorder: Recorder,
     /// When each request was first seen Accepted (pod UID → instant): the deadline's start.
     seen: BTreeMap<String, Instant>,
 }
 
 impl Agent {
-    pub async fn new(client: Client, mode: ResizeMode, deadline: Duration, config: RuntimeConfig) -> Self {
+    pub async fn new(client: Client, node: &str, mode: ResizeMode, deadline: Duration, config: RuntimeConfig) -> Self {
+        let reporter = Reporter { controller: "berth-node-agent".into(), instance: Some(node.to_string()) };
+        let recorder = Recorder::new(client.clone(), reporter);
         let mut agent = Self {
             client,
             mode,
             deadline,
             config,
             runtime: RuntimeSlot::Unavailable(String::new()),
+            recorder,
             seen: BTreeMap::new(),
         };
         agent.connect().await;
@@ -217,9 +222,19 @@ impl Agent {
         match pods.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
             // Changed since read: the next pass looks again (a re-run through
             // CRI changes nothing).
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            result => result.map(|_| ()),
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+            result => result.map(|_| ())?,
         }
+        let (type_, reason) = match state {
+            ResizeState::Applied => (EventType::Normal, "ResizeApplied"),
+            _ => (EventType::Warning, "ResizeFailed"),
+        };
+        let note: String = message.chars().take(1000).collect();
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Resize".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
+            warn!(pod = %name, error = %e, "could not record Event");
+        }
+        Ok(())
     }
 
     async fn run(

@@ -121,9 +121,9 @@ impl Outcome {
                 s
             })
             .collect();
-        // A re-run after a lost status write finds it done: same message, marked.
-        let again = if self.unchanged() { ", no write needed" } else { "" };
-        format!("applied through CRI and verified in the cgroup files{again} ({})", list.join("; "))
+        // The same whether this pass wrote or found it done (a re-run after a
+        // lost status write): the logs tell the writes apart.
+        format!("applied through CRI and verified in the cgroup files ({})", list.join("; "))
     }
 }
 

@@ -310,5 +310,20 @@ async fn scenario(
     assert_ne!(pinned, "0", "CPU 0 stays shared");
     assert_eq!(applied["app"].cpu_quota, Some(100_000), "the resources stay");
     println!("exclusive CPU on the agent path: app pinned to {pinned}; {message}");
+
+    // Each finish is an Event on the pod, from the agent of its node.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let applied_events: Vec<_> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ResizeApplied"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("grow"))
+        .collect();
+    assert!(!applied_events.is_empty(), "no ResizeApplied Event");
+    assert_eq!(applied_events[0].reporting_controller.as_deref(), Some("berth-node-agent"));
+    assert_eq!(applied_events[0].reporting_instance.as_deref(), Some(NODE));
     Ok(())
 }
