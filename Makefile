@@ -108,7 +108,9 @@ unit: deps ## unit tests (no cluster)
 e2e: ## e2e suites against the local cluster with berth-manager (started and stopped here), or E2E_KUBECONFIG
 	@if [ -n "$$E2E_KUBECONFIG" ]; then \
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
-	  cargo build --locked -p kubectl-berth && cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; \
+	  cargo build --locked -p kubectl-berth && cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
+	  echo "audit of the cluster the suites leave behind (berth-manager audit)"; \
+	  KUBECONFIG="$$E2E_KUBECONFIG" cargo run --locked -q -p berth-manager -- audit || rc=1; exit $$rc; \
 	else \
 	  cargo build --locked -p berth-manager -p berth-node-agent -p kubectl-berth && $(MAKE) --no-print-directory helm-bin && \
 	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
@@ -117,6 +119,10 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test failover -- --ignored || rc=1; \
 	    echo "install suite, alone: it uninstalls and reinstalls berth itself (helm, kustomize)"; \
 	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test install -- --ignored --test-threads 1 || rc=1; \
+	    echo "chaos suite, alone: it kills the manager's leader again and again and restarts the apiserver"; \
+	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test chaos -- --ignored || rc=1; \
+	    echo "audit of the cluster the suites leave behind (berth-manager audit)"; \
+	    KUBECONFIG=$(KUBECONFIG_LOCAL) $${CARGO_TARGET_DIR:-target}/debug/berth-manager audit || rc=1; \
 	    $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi
 

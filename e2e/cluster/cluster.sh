@@ -9,6 +9,7 @@
 #   cluster.sh token NS SA      mint a token for a service account
 #   cluster.sh kubeconfig NS SA FILE   write a kubeconfig acting as that service account
 #   cluster.sh nodes N          start another hollow-fleet process adding N nodes
+#   cluster.sh restart-apiserver   stop kube-apiserver and start it again (same flags and port)
 #
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e).
 set -euo pipefail
@@ -271,6 +272,26 @@ cmd_down() {
   log "down: stopped $stopped processes (logs kept in $LOGS)"
 }
 
+# cmd_restart_apiserver: stop kube-apiserver and start it again with the same
+# flags and port (read from the running process), waiting for /readyz. Every
+# client sees its connections and watches drop, as in a control-plane upgrade.
+cmd_restart_apiserver() {
+  [[ -n "$BIN" && -x "$BIN" ]] || die "BERTH_K8S must name the berth-k8s binary; got '${BIN}'"
+  alive kube-apiserver || die "kube-apiserver is not running (cluster.sh up first)"
+  local pid args=() i=0 t0=$SECONDS
+  pid=$(cat "$PIDS/kube-apiserver.pid")
+  # argv: berth-k8s kube-apiserver --flag ...; keep everything after the binary.
+  mapfile -d '' -t args < "/proc/$pid/cmdline"
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.1; i=$((i + 1)); done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  log "kube-apiserver stopped; starting it again"
+  setsid "$BIN" "${args[@]:1}" >>"$LOGS/kube-apiserver.log" 2>&1 < /dev/null &
+  echo $! >"$PIDS/kube-apiserver.pid"
+  wait_for kube-apiserver 120 curl -sf --cacert "$PKI/ca.crt" "$(cat "$STATE/server")/readyz"
+  log "kube-apiserver restarted in $((SECONDS - t0))s"
+}
+
 cmd_status() {
   for f in "$PIDS"/*.pid; do
     [[ -e "$f" ]] || { echo "not running"; return 1; }
@@ -296,5 +317,6 @@ case "${1:-}" in
   token) shift; cmd_token "$@" ;;
   kubeconfig) shift; cmd_kubeconfig "$@" ;;
   nodes) shift; cmd_nodes "$@" ;;
-  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N" >&2; exit 2 ;;
+  restart-apiserver) cmd_restart_apiserver ;;
+  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N | restart-apiserver" >&2; exit 2 ;;
 esac
