@@ -177,7 +177,14 @@ impl Runtime {
                         });
                     }
                 }
-                all.into_iter().filter(|(name, _)| ids.contains_key(name)).collect()
+                let mut desired: BTreeMap<String, Resources> =
+                    all.into_iter().filter(|(name, _)| ids.contains_key(name)).collect();
+                // Running containers outside spec.containers (native sidecars
+                // among the init containers) keep what they have.
+                for (name, values) in &current {
+                    desired.entry(name.clone()).or_insert_with(|| values.to_resources());
+                }
+                desired
             }
             Scope::CpusetOnly => current.iter().map(|(n, v)| (n.clone(), v.to_resources())).collect(),
         };

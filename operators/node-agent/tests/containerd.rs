@@ -587,6 +587,15 @@ async fn agent_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std:
     assert!(again.unchanged(), "re-run wrote {:?} and moved {:?}", again.steps, again.moved);
     assert_eq!(again.applied, out.applied);
 
+    // 2b. A running container the spec's containers do not list (a native
+    //     sidecar among the init containers) keeps what it has.
+    let mut only_app = spec.clone();
+    only_app.containers.retain(|c| c.name == "app");
+    let side_values = (read(cri, &side, "cpu", quota_file).await?, read(cri, &side, "memory", mem_file).await?);
+    let out = rt.apply(&a.uid, &only_app, &req, Scope::Full, &mut StepBudget::default()).await?;
+    assert!(out.unchanged(), "{:?}", out.steps);
+    assert_eq!((read(cri, &side, "cpu", quota_file).await?, read(cri, &side, "memory", mem_file).await?), side_values);
+
     // 3. A memory decrease below usage is refused with the numbers; nothing changes.
     filled(cri, &app).await?;
     let shrink = request(serde_json::json!({"containers": {"app": {"limits": {"memory": "16Mi"}}}}));
