@@ -43,7 +43,13 @@ pub fn files(version: CgroupVersion) -> Vec<CgroupFile> {
             want("cpuset", "cpuset.cpus"),
         ],
         CgroupVersion::V2 => {
-            vec![want("", "cpu.weight"), want("", "cpu.max"), want("", "memory.max"), want("", "cpuset.cpus")]
+            vec![
+                want("", "cpu.weight"),
+                want("", "cpu.max"),
+                want("", "memory.max"),
+                want("", "cpuset.cpus"),
+                want("", "cpuset.cpus.effective"),
+            ]
         }
     }
 }
@@ -63,9 +69,12 @@ pub fn weight_to_shares(weight: i64) -> i64 {
 pub fn parse(version: CgroupVersion, raw: &BTreeMap<&str, String>) -> Result<CgroupValues, String> {
     let get = |name: &str| raw.get(name).map(|s| s.trim()).ok_or_else(|| format!("{name} could not be read"));
     let int = |name: &str, s: &str| s.parse::<i64>().map_err(|e| format!("{name}: {s:?}: {e}"));
-    let cpuset = match raw.get("cpuset.cpus").map(|s| s.trim()) {
-        None | Some("") => None,
-        Some(s) => Some(s.parse::<CpuSet>().map_err(|e| format!("cpuset.cpus: {e}"))?),
+    // v2 leaves cpuset.cpus empty until it is set: the cgroup then runs on
+    // what it inherits, cpuset.cpus.effective.
+    let list = |name: &'static str| raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| (name, s));
+    let cpuset = match list("cpuset.cpus").or_else(|| list("cpuset.cpus.effective")) {
+        None => None,
+        Some((name, s)) => Some(s.parse::<CpuSet>().map_err(|e| format!("{name}: {e}"))?),
     };
     match version {
         CgroupVersion::V1 => {
@@ -204,6 +213,30 @@ mod tests {
         .unwrap();
         assert_eq!(shares_to_weight(v.cpu_shares), 39);
         assert_eq!((v.cpu_quota, v.cpu_period, v.memory_limit_bytes, v.cpuset), (150_000, 100_000, UNLIMITED, None));
+        let inherited = parse(
+            CgroupVersion::V2,
+            &raw(&[
+                ("cpu.weight", "39"),
+                ("cpu.max", "max 100000"),
+                ("memory.max", "max"),
+                ("cpuset.cpus", ""),
+                ("cpuset.cpus.effective", "0-3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(inherited.cpuset, Some("0-3".parse().unwrap()), "an unset cpuset runs on the effective one");
+        let set = parse(
+            CgroupVersion::V2,
+            &raw(&[
+                ("cpu.weight", "39"),
+                ("cpu.max", "max 100000"),
+                ("memory.max", "max"),
+                ("cpuset.cpus", "2"),
+                ("cpuset.cpus.effective", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(set.cpuset, Some("2".parse().unwrap()));
         let v =
             parse(CgroupVersion::V2, &raw(&[("cpu.weight", "1"), ("cpu.max", "max 100000"), ("memory.max", "4096")]))
                 .unwrap();
