@@ -63,19 +63,42 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
     let p = wait_for(&pods, "greedy", Duration::from_secs(60), "Rejected", state_is("Rejected")).await?;
     assert!(message(&p).contains("does not fit node hollow-node-0: cpu requests would be"), "{}", message(&p));
 
-    // A user cannot accept their own request: the webhook refuses.
+    // An oversized payload (valid JSON, padded past the limit) is refused before it is parsed.
+    let padded = format!("{}{}", json!({"containers": {"app": {"requests": {"cpu": "600m"}}}}), " ".repeat(20_000));
+    let oversized = json!({"metadata": {"annotations": {keys::RESIZE: padded, keys::RESIZE_STATE: "Created"}}});
+    let (code, text) = refusal(pods.patch("eager", &PatchParams::default(), &Patch::Merge(oversized)).await)?;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("bytes; at most 16384 bytes are accepted"), "{text}");
+
+    // A user cannot accept their own request: the webhook refuses. The manager
+    // may decide first (then the user's write changes nothing and passes):
+    // node 1's agent finishes that request and the user tries again.
     let ask = json!({"containers": {"app": {"requests": {"cpu": "600m"}}}});
-    let created = pods.patch("eager", &PatchParams::default(), &Patch::Merge(submit(ask.clone()))).await?;
-    let accept = json!({"metadata": {"resourceVersion": created.resource_version(),
-        "annotations": {keys::RESIZE_STATE: "Accepted"}}});
-    let (code, text) = refusal(pods.patch("eager", &PatchParams::default(), &Patch::Merge(accept)).await)?;
+    let applied = json!({"metadata": {"annotations": {keys::RESIZE_STATE: "Applied"}}});
+    let agent_1: Api<Pod> = Api::namespaced(node_agent::client_of(&client, "hollow-node-1").await?, &ns.name);
+    let accept = json!({"metadata": {"annotations": {keys::RESIZE_STATE: "Accepted"}}});
+    let mut refused = None;
+    for _ in 0..5 {
+        pods.patch("eager", &PatchParams::default(), &Patch::Merge(submit(ask.clone()))).await?;
+        match pods.patch("eager", &PatchParams::default(), &Patch::Merge(&accept)).await {
+            Err(kube::Error::Api(s)) => {
+                refused = Some((s.code, s.message));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {
+                wait_for(&pods, "eager", Duration::from_secs(60), "Accepted", state_is("Accepted")).await?;
+                agent_1.patch("eager", &PatchParams::default(), &Patch::Merge(&applied)).await?;
+            }
+        }
+    }
+    let (code, text) = refused.expect("the manager decided first five times in a row");
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("is made only by the berth manager"), "{text}");
     let p = wait_for(&pods, "eager", Duration::from_secs(60), "Accepted by the manager", state_is("Accepted")).await?;
     assert_eq!(p.annotations().get(keys::RESIZE).map(String::as_str), Some(ask.to_string().as_str()));
 
     // The agent of node 0 may not finish the resize of a pod on node 1; node 1's agent may.
-    let applied = json!({"metadata": {"annotations": {keys::RESIZE_STATE: "Applied"}}});
     let agent_0: Api<Pod> = Api::namespaced(node_agent::client_of(&client, "hollow-node-0").await?, &ns.name);
     let (code, text) = refusal(agent_0.patch("eager", &PatchParams::default(), &Patch::Merge(applied.clone())).await)?;
     assert_eq!(code, 403, "{text}");
@@ -83,7 +106,6 @@ async fn feasibility_accepts_what_fits_rejects_what_overcommits_and_the_webhook_
         text.contains("node agent of node hollow-node-0 may not finish a resize of a pod on node hollow-node-1"),
         "{text}"
     );
-    let agent_1: Api<Pod> = Api::namespaced(node_agent::client_of(&client, "hollow-node-1").await?, &ns.name);
     agent_1.patch("eager", &PatchParams::default(), &Patch::Merge(applied)).await?;
     assert_eq!(pods.get("eager").await?.annotations().get(keys::RESIZE_STATE).map(String::as_str), Some("Applied"));
     // No agent runs for node 0: "fits" expires to Failed (manager.sh gives a 15 s deadline).

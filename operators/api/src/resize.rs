@@ -208,6 +208,10 @@ pub struct AppliedContainer {
     pub cpuset_cpus: Option<String>,
 }
 
+/// The largest [`crate::keys::RESIZE`] value accepted: room for every
+/// container of any real pod, and a bound on what each admission parses.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
 /// Resources a resize may change.
 pub const RESIZABLE_RESOURCES: [&str; 2] = ["cpu", "memory"];
 
@@ -218,6 +222,12 @@ impl FromStr for ResizeRequest {
     /// the pod are checked where the pod is known).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = |reason: String| ResizeError::InvalidRequest { reason };
+        if s.len() > MAX_REQUEST_BYTES {
+            return Err(invalid(format!(
+                "is {} bytes; at most {MAX_REQUEST_BYTES} bytes are accepted (one entry per container to resize)",
+                s.len()
+            )));
+        }
         let req: ResizeRequest = serde_json::from_str(s).map_err(|e| {
             invalid(format!(
                 "{e}; expected JSON like {{\"containers\":{{\"app\":{{\"requests\":{{\"cpu\":\"500m\"}},\"limits\":{{\"memory\":\"1Gi\"}}}}}},\"cpuset\":{{\"exclusiveCpus\":2}}}}"
@@ -258,6 +268,15 @@ mod tests {
             (Some(S::Accepted), E::Fail | E::Expire) => Some(S::Failed),
             _ => return None,
         })
+    }
+
+    #[test]
+    fn an_oversized_request_is_refused_before_it_is_parsed() {
+        let small = r#"{"containers":{"app":{"requests":{"cpu":"1"}}}}"#;
+        let padded = format!("{small}{}", " ".repeat(MAX_REQUEST_BYTES - small.len()));
+        assert!(padded.parse::<ResizeRequest>().is_ok(), "exactly the limit is fine");
+        let err = format!("{padded} ").parse::<ResizeRequest>().unwrap_err().to_string();
+        assert!(err.contains(&format!("is {} bytes; at most 16384 bytes", MAX_REQUEST_BYTES + 1)), "{err}");
     }
 
     #[test]
