@@ -258,10 +258,16 @@ impl Runtime {
         let mut applied = AppliedResources::new();
         for (name, id) in &ids {
             let (values, _) = self.read(id).await?;
-            if !values.holds(&desired[name].to_cri(), version, page) {
+            let want = &desired[name];
+            let holds = match scope {
+                Scope::Full => values.holds(&want.to_cri(), version, page),
+                // The kubelet owns the other values: only the cpuset is ours.
+                Scope::CpusetOnly => want.cpuset.is_none() || values.cpuset == want.cpuset,
+            };
+            if !holds {
                 return Err(RuntimeResizeError::ReadBack {
                     container: id.clone(),
-                    reason: format!("after the resize it holds {values:?}, not {:?}", desired[name].to_cri()),
+                    reason: format!("after the resize it holds {values:?}, not {:?}", want.to_cri()),
                 });
             }
             applied.insert(name.clone(), values.to_applied(exclusive.is_some()));

@@ -477,6 +477,12 @@ async fn runtime(env: &Env, state: &std::path::Path) -> Res<Runtime> {
     Ok(Runtime { cri: CriClient::connect(&env.socket).await?, cpus: CpuManager::load(state, allocatable)?, node_cpus })
 }
 
+/// A container's CPU quota and memory limit files.
+async fn limits(cri: &mut CriClient, id: &str, v1: bool) -> Res<(String, String)> {
+    let (quota, memory) = if v1 { ("cpu.cfs_quota_us", "memory.limit_in_bytes") } else { ("cpu.max", "memory.max") };
+    Ok((read(cri, id, "cpu", quota).await?, read(cri, id, "memory", memory).await?))
+}
+
 async fn cpuset_of(cri: &mut CriClient, id: &str) -> Res<CpuSet> {
     Ok(read(cri, id, "cpuset", "cpuset.cpus").await?.parse()?)
 }
@@ -666,7 +672,24 @@ async fn agent_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std:
     for id in a.ids.values().chain(b.ids.values()) {
         assert_eq!(cpuset_of(cri, id).await?, node);
     }
-    assert!(CpuManager::load(&state, allocatable)?.assignments().is_empty());
+    assert!(CpuManager::load(&state, allocatable.clone())?.assignments().is_empty());
+
+    // 7. After the kubelet applied the resources (pods/resize path), only the
+    //    cpuset goes through CRI: the other values stay as the kubelet left them.
+    let before = (limits(cri, &app, v1).await?, limits(cri, &side, v1).await?);
+    let out = rt.apply(&a.uid, &spec, &pin, Scope::CpusetOnly, &mut StepBudget::default()).await?;
+    let mine = out.exclusive.clone().expect("exclusive CPUs");
+    assert_eq!(
+        out.steps,
+        vec![Step::Container("app".into(), Resource::Cpu), Step::Container("side".into(), Resource::Cpu)]
+    );
+    for id in [&app, &side] {
+        assert_eq!(cpuset_of(cri, id).await?, mine);
+    }
+    for id in b.ids.values() {
+        assert_eq!(cpuset_of(cri, id).await?, node.difference(&mine));
+    }
+    assert_eq!((limits(cri, &app, v1).await?, limits(cri, &side, v1).await?), before, "only the cpuset changed");
     Ok(())
 }
 
