@@ -26,7 +26,7 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
-    #[error("connect to the CRI socket {path}: {source}")]
+    #[error("connect to the CRI socket {path}: {}", chain(.source))]
     Connect { path: PathBuf, source: tonic::transport::Error },
     #[error("CRI {call} {target}: {status}")]
     Call { call: &'static str, target: String, status: Box<tonic::Status> },
@@ -40,6 +40,20 @@ pub enum CriError {
     Mismatch { container: String, mismatches: Vec<Mismatch> },
     #[error("pod cgroup of container {container}: {reason}")]
     PodCgroup { container: String, reason: String },
+}
+
+/// An error and its causes ("transport error: No such file or directory").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let (mut last, mut cause) = (out.clone(), e.source());
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text != last {
+            out.push_str(&format!(": {text}"));
+        }
+        (last, cause) = (text, c.source());
+    }
+    out
 }
 
 fn join(m: &[Mismatch]) -> String {

@@ -220,7 +220,7 @@ async fn scenario(
     let agent_kubeconfig = work.join("agent.kubeconfig");
     std::fs::write(&agent_kubeconfig, serde_json::to_vec(&config)?)?; // JSON is YAML
     let log = work.join("agent.log");
-    let _agent = Kill(
+    let agent = Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_berth-node-agent"))
             .env("KUBECONFIG", &agent_kubeconfig)
             .env("NODE_NAME", NODE)
@@ -325,5 +325,41 @@ async fn scenario(
     assert!(!applied_events.is_empty(), "no ResizeApplied Event");
     assert_eq!(applied_events[0].reporting_controller.as_deref(), Some("berth-node-agent"));
     assert_eq!(applied_events[0].reporting_instance.as_deref(), Some(NODE));
+
+    // An agent whose runtime socket is not there: the request fails, saying why.
+    drop(agent);
+    let log2 = work.join("agent-no-cri.log");
+    let _agent = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth-node-agent"))
+            .env("KUBECONFIG", &agent_kubeconfig)
+            .env("NODE_NAME", NODE)
+            .arg("--cri-socket")
+            .arg(work.join("no-such.sock"))
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .stdout(std::fs::File::create(&log2)?)
+            .stderr(std::fs::File::options().append(true).open(&log2)?)
+            .spawn()?,
+    );
+    let submit =
+        json!({"metadata": {"annotations": {keys::RESIZE: request.to_string(), keys::RESIZE_STATE: "Created"}}});
+    pods.patch("grow", &PatchParams::default(), &Patch::Merge(submit)).await?;
+    let start = Instant::now();
+    let pod = loop {
+        let p = pods.get("grow").await?;
+        let state = p.annotations().get(keys::RESIZE_STATE).cloned().unwrap_or_default();
+        if state == "Applied" || state == "Failed" || state == "Rejected" {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still {state} after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let a = pod.annotations();
+    let message = a.get(keys::RESIZE_MESSAGE).cloned().unwrap_or_default();
+    assert_eq!(a.get(keys::RESIZE_STATE).map(String::as_str), Some("Failed"), "{message}");
+    assert!(message.starts_with("not applied through CRI: the CRI path is unavailable on this node"), "{message}");
+    assert!(message.contains("no-such.sock"), "{message}");
+    assert!(!a.contains_key(keys::RESIZE_APPLIED), "the earlier record is removed with a failure");
+    println!("without a runtime: {message}");
     Ok(())
 }
