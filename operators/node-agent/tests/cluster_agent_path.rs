@@ -326,6 +326,40 @@ async fn scenario(
     assert_eq!(applied_events[0].reporting_controller.as_deref(), Some("berth-node-agent"));
     assert_eq!(applied_events[0].reporting_instance.as_deref(), Some(NODE));
 
+    // Measurement (a figure, not asserted): Created -> Applied through the
+    // manager's feasibility check and the agent's CRI path, 20 requests.
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let cpu = if i % 2 == 0 { "1500m" } else { "1" };
+        let r = json!({"containers": {"app": {"requests": {"cpu": "200m"}, "limits": {"cpu": cpu, "memory": "256Mi"}}},
+            "cpuset": {"exclusiveCpus": 1}});
+        let submit = json!({"metadata": {"annotations": {keys::RESIZE: r.to_string(), keys::RESIZE_STATE: "Created"}}});
+        let start = Instant::now();
+        pods.patch("grow", &PatchParams::default(), &Patch::Merge(submit)).await?;
+        loop {
+            let p = pods.get("grow").await?;
+            match p.annotations().get(keys::RESIZE_STATE).map(String::as_str) {
+                Some("Applied") => break,
+                Some("Failed" | "Rejected") => {
+                    return Err(format!("{:?}", p.annotations().get(keys::RESIZE_MESSAGE)).into());
+                }
+                _ => {}
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "not Applied after 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.push(start.elapsed());
+    }
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "MEASUREMENT agent path Created -> Applied (feasibility + agent through CRI, polled every 20 ms), {} requests: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        took.len(),
+        ms(took[took.len() / 2]),
+        ms(took[(took.len() * 99 / 100).min(took.len() - 1)]),
+        ms(took[took.len() - 1])
+    );
+
     // An agent whose runtime socket is not there: the request fails, saying why.
     drop(agent);
     let log2 = work.join("agent-no-cri.log");
