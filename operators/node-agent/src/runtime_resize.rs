@@ -323,7 +323,13 @@ impl Runtime {
     /// freed and the containers moved.
     pub async fn reconcile(&mut self) -> Result<(Vec<(ContainerKey, CpuSet)>, Vec<ContainerKey>), RuntimeResizeError> {
         let live = self.cri.live_key_set().await?;
-        let freed = self.cpus.reconcile(&live)?;
+        // A pod's CPUs are recorded under its first container, which may be
+        // between two attempts (removed, not yet created again): the pod
+        // keeps them while any of its containers exists.
+        let live_pods: BTreeSet<&str> = live.iter().map(|k| k.pod_uid.as_str()).collect();
+        let mut keep = live.clone();
+        keep.extend(self.cpus.assignments().keys().filter(|k| live_pods.contains(k.pod_uid.as_str())).cloned());
+        let freed = self.cpus.reconcile(&keep)?;
         let running = self.cri.running_keys().await?;
         let plan =
             runtime_plan::cpuset_plan(&running.keys().cloned().collect(), self.cpus.assignments(), &self.node_cpus)

@@ -796,6 +796,15 @@ async fn restart_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &st
     assert_eq!(again.applied, out.applied);
     println!("restarted {restarts} times (killed after each write); pod a on {mine}; {}", out.summary());
 
+    // The owner container (the pod's first) is removed and not yet created
+    // again: the pod keeps its CPU while another of its containers exists.
+    let app_id = a.ids["app"].clone();
+    cri.runtime().stop_container(cri::StopContainerRequest { container_id: app_id.clone(), timeout: 5 }).await?;
+    cri.runtime().remove_container(cri::RemoveContainerRequest { container_id: app_id }).await?;
+    let (freed, _) = rt.reconcile().await?;
+    assert!(freed.is_empty(), "freed {freed:?} while side still runs");
+    assert_eq!(cpuset_of(cri, &a.ids["side"]).await?, mine);
+
     // The pod goes away while no agent runs: the next start frees its CPU and
     // gives it back to the other pod.
     drop(rt);
