@@ -48,8 +48,10 @@ struct Args {
     /// agent: every request through CRI.
     #[arg(long, env = "BERTH_RESIZE_MODE", default_value = "auto", value_parser = ["auto", "kubelet", "agent"])]
     resize_mode: String,
-    /// Seconds between reconciles of the CPU manager with the runtime.
-    #[arg(long, env = "BERTH_RECONCILE_SECONDS", default_value_t = 30)]
+    /// Seconds between reconciles of the CPU manager with the runtime (CPUs
+    /// of gone pods freed; a restarted container put back on its CPUs). The
+    /// kubelet's CPU manager reconciles every 10 s too.
+    #[arg(long, env = "BERTH_RECONCILE_SECONDS", default_value_t = 10)]
     reconcile_seconds: u64,
     /// One shot, no API server: carry out the request of the pod in this
     /// JSON file through CRI, print what the cgroups hold, exit.
