@@ -23,7 +23,7 @@ use std::{
 
 use berth_api::resize::{AppliedResources, ResizeRequest};
 use k8s_openapi::api::core::v1::PodSpec;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::Resources,
@@ -141,7 +141,33 @@ impl Runtime {
 
     /// Carries out `request` for the pod `uid` with `spec` (see the module
     /// doc). `budget` limits the writes (tests interrupt an apply with it).
+    /// A request that fails gives back the exclusive CPUs it took (the pod's
+    /// containers return to the recorded set at the next reconcile).
     pub async fn apply(
+        &mut self,
+        uid: &str,
+        spec: &PodSpec,
+        request: &ResizeRequest,
+        scope: Scope,
+        budget: &mut StepBudget,
+    ) -> Result<Outcome, RuntimeResizeError> {
+        let owner = request.cpuset.as_ref().and_then(|_| runtime_plan::owner_key(uid, spec));
+        let held = owner.as_ref().map(|o| self.cpus.get(o).map_or(0, CpuSet::len));
+        let result = self.apply_once(uid, spec, request, scope, budget).await;
+        if let (Err(e), Some(owner), Some(held)) = (&result, owner, held) {
+            // An interruption stands for a crash: nothing runs after it.
+            let now = self.cpus.get(&owner).map_or(0, CpuSet::len);
+            if !matches!(e, RuntimeResizeError::Interrupted(_)) && now != held {
+                match self.cpus.allocate(&owner, held) {
+                    Ok(cpus) => info!(pod_uid = uid, cpus = %cpus, "exclusive CPUs of the failed request given back"),
+                    Err(undo) => warn!(pod_uid = uid, error = %undo, "could not give back the failed request's CPUs"),
+                }
+            }
+        }
+        result
+    }
+
+    async fn apply_once(
         &mut self,
         uid: &str,
         spec: &PodSpec,
@@ -189,6 +215,12 @@ impl Runtime {
             Scope::CpusetOnly => current.iter().map(|(n, v)| (n.clone(), v.to_resources())).collect(),
         };
 
+        if scope == Scope::Full
+            && let Some(refused) = runtime_plan::memory_below_usage(&desired, &usage)
+        {
+            return Err(RuntimeResizeError::MemoryBelowUsage(refused));
+        }
+
         // Exclusive CPUs: persisted in the CPU manager before any runtime change.
         if let Some(policy) = &request.cpuset {
             let owner = runtime_plan::owner_key(uid, spec)
@@ -212,12 +244,6 @@ impl Runtime {
             } else {
                 current[name].cpuset.clone()
             };
-        }
-
-        if scope == Scope::Full
-            && let Some(refused) = runtime_plan::memory_below_usage(&desired, &usage)
-        {
-            return Err(RuntimeResizeError::MemoryBelowUsage(refused));
         }
 
         // A container that holds its desired values is its own current state:

@@ -614,6 +614,12 @@ async fn agent_scenario(env: Env, cri: &mut CriClient, pods: &[Pod], work: &std:
     );
     assert_eq!(read(cri, &app, "memory", mem_file).await?, (256 * MIB).to_string());
     println!("refused: {text}");
+    // With a cpuset policy too: refused before any CPU is taken.
+    let shrink_pinned = request(serde_json::json!({"containers": {"app": {"limits": {"memory": "16Mi"}}},
+        "cpuset": {"exclusiveCpus": 1}}));
+    let err = rt.apply(&a.uid, &spec, &shrink_pinned, Scope::Full, &mut StepBudget::default()).await.unwrap_err();
+    assert!(matches!(err, RuntimeResizeError::MemoryBelowUsage(_)), "{err}");
+    assert!(rt.cpus.assignments().is_empty(), "a refused request holds no CPU: {:?}", rt.cpus.assignments());
 
     // 4. Exclusive CPUs: the pod's containers on its own CPU, pod b moved to the shared pool.
     let (node, allocatable) = cpus()?;
