@@ -21,6 +21,8 @@
 //!   `berth.dev/InPlaceUpdateReady` gate not True: out of Service endpoints);
 //! - every `berth.dev/lifecycle-state` change is one the lifecycle machine
 //!   allows (`LifecycleState::check_change`; after a relist, reachable);
+//! - an in-place update starts once: its record (`berth.dev/inplace-update-state`)
+//!   is never rewritten for the same revision while in flight;
 //!   and at the end the rollout completed.
 //!
 //! It stops the manager the other suites use: `#[ignore]`d, and `make e2e`
@@ -39,7 +41,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_api::{InplaceSet, SidecarSet, keys, lifecycle::LifecycleState};
+use berth_api::{InplaceSet, SidecarSet, inplace::InPlaceUpdateState, keys, lifecycle::LifecycleState};
 use berth_e2e::{TestNamespace, client, container_status, images, install_crds, pod_condition, pod_ready, sidecarset};
 use futures::TryStreamExt;
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
@@ -155,6 +157,8 @@ struct Seen {
     ordinal: Option<String>,
     lifecycle: Option<LifecycleState>,
     available: bool,
+    /// The in-place update record: (revision, resize phase, start time, raw).
+    update: Option<(String, bool, String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +210,10 @@ impl Watched {
             ordinal: p.labels().get(keys::POD_INDEX).cloned(),
             lifecycle: p.annotations().get(keys::LIFECYCLE_STATE).and_then(|s| s.parse().ok()),
             available: available(p),
+            update: p.annotations().get(keys::INPLACE_UPDATE_STATE).map(|raw| {
+                let state = InPlaceUpdateState::parse(raw).unwrap_or_default();
+                (state.revision, state.resize, state.update_timestamp, raw.clone())
+            }),
         }
     }
 
@@ -240,6 +248,15 @@ impl Watched {
                     if gap { " (across a relist)" } else { "" }
                 ));
             }
+        }
+        // One start per update (per phase: resize, then images): a second start of the same
+        // revision in flight records the new image as the one "before"; it never completes.
+        if let (Some((r1, phase1, t1, _)), Some((r2, phase2, t2, raw))) = (&before.update, &now.update)
+            && (r1, phase1) == (r2, phase2)
+            && t1 != t2
+        {
+            self.violations
+                .push(format!("{}: in-place update to {r1} started twice ({t1}, then {t2}): {raw}", now.name));
         }
         self.pods.insert(uid, now);
         let unavailable = self.pods.values().filter(|s| !s.available).count();
@@ -366,7 +383,7 @@ impl Run {
 /// Polls (errors are expected while the apiserver restarts) until `done` holds.
 async fn until<K, F>(api: &Api<K>, name: &str, what: &str, done: F) -> Result<K>
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
     F: Fn(&K) -> bool,
 {
     let start = Instant::now();
@@ -377,9 +394,10 @@ where
             return Ok(obj);
         }
         if start.elapsed() > ROLLOUT_TIMEOUT {
+            let last = api.get(name).await.ok().and_then(|o| serde_json::to_value(o).ok());
             bail!(
-                "{name}: not {what} after {ROLLOUT_TIMEOUT:?}; last: {:?}",
-                api.get(name).await.map(|o| o.meta().clone())
+                "{name}: not {what} after {ROLLOUT_TIMEOUT:?}; status: {}",
+                last.map(|v| v["status"].clone()).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
