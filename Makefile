@@ -166,6 +166,25 @@ bench-webhook: deps ## benchmark: webhook latency at 1000 reviews/s, pod create 
 	    $(MAKE) --no-print-directory cluster-down E2E_STATE=$(BENCH_STATE); exit $$rc; }; \
 	fi
 
+# `make bench`: every scenario of the performance toolkit (in-place rollout vs
+# StatefulSet, scale 0->M vs a plain client and a StatefulSet, the webhook,
+# failover, resize, manager memory and the stepped scale search), on a cluster
+# of its own (BENCH_STATE, BENCH_NODES hollow nodes) with release builds; one
+# table, target/bench/bench.json and SVG plots. Sizes are BENCH_ARGS
+# (`cargo run -p berth-bench --bin bench -- --help`); the defaults take about
+# 20 min on 2 cores.
+BENCH_NODES ?= 20
+.PHONY: bench
+bench: deps $(BERTH_K8S) ## benchmark: every scenario, one table + target/bench/{bench.json,*.svg} (BENCH_ARGS=..., BENCH_NODES=20)
+	@target_dir=$${CARGO_TARGET_DIR:-$(CURDIR)/target}; \
+	cargo build --locked --release -p berth-manager -p berth-node-agent -p berth-bench && \
+	$(MAKE) --no-print-directory cluster-up E2E_STATE=$(BENCH_STATE) NODES=$(BENCH_NODES) && \
+	{ export E2E_STATE=$(BENCH_STATE) E2E_KUBECONFIG=$(BENCH_STATE)/kubeconfig \
+	    BERTH_MANAGER=$$target_dir/release/berth-manager BERTH_NODE_AGENT=$$target_dir/release/berth-node-agent; \
+	  e2e/manager.sh up && $$target_dir/release/bench $(BENCH_ARGS); rc=$$?; \
+	  e2e/manager.sh down 2; e2e/manager.sh down; \
+	  $(MAKE) --no-print-directory cluster-down E2E_STATE=$(BENCH_STATE); exit $$rc; }
+
 .PHONY: cri-test
 cri-test: deps ## the node agent's CRI path against a real containerd (started and stopped here; needs root)
 	cargo build --locked -p berth-node-agent --tests

@@ -4,5 +4,6 @@
 //! run, so the ratio holds on any machine.
 
 pub mod load;
+pub mod perf;
 pub mod report;
 pub mod stats;

@@ -4,10 +4,10 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a figure must be to meet its goal.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Goal {
     /// The value must be below this (in the figure's unit).
@@ -16,11 +16,13 @@ pub enum Goal {
     ValueAtLeast { limit: f64 },
     /// value / baseline must be below this.
     RatioBelow { limit: f64 },
+    /// value / baseline must be at least this.
+    RatioAtLeast { limit: f64 },
     /// No goal: context for the others.
     None,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub figure: String,
     pub unit: String,
@@ -41,6 +43,7 @@ impl Row {
             Goal::ValueBelow { limit } => Some(value < limit),
             Goal::ValueAtLeast { limit } => Some(value >= limit),
             Goal::RatioBelow { limit } => ratio.map(|r| r < limit),
+            Goal::RatioAtLeast { limit } => ratio.map(|r| r >= limit),
             Goal::None => None,
         };
         Self {
@@ -72,6 +75,7 @@ fn goal_text(goal: &Goal, unit: &str) -> String {
         Goal::ValueBelow { limit } => format!("< {}", number(*limit, unit)),
         Goal::ValueAtLeast { limit } => format!(">= {}", number(*limit, unit)),
         Goal::RatioBelow { limit } => format!("ratio < {limit:.2}"),
+        Goal::RatioAtLeast { limit } => format!("ratio >= {limit:.2}"),
         Goal::None => "-".into(),
     }
 }

@@ -11,7 +11,8 @@
 #   cluster.sh nodes N          start another hollow-fleet process adding N nodes
 #   cluster.sh restart-apiserver   stop kube-apiserver and start it again (same flags and port)
 #
-# Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e).
+# Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
+# HOLLOW_MAX_PODS (pods each hollow node accepts, default 110, as a kubelet's).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -240,7 +241,7 @@ cmd_nodes() {
   start "$name" hollow-fleet --count "$count" --first-index "$first" \
     --first-port "$(free_port_range "$count")" \
     --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
-    --state-dir "$STATE/nodes" --v 1
+    --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" --v 1
   local want=$((first + count))
   wait_for "$name" $((60 + count / 5)) nodes_ready "$want"
 }
