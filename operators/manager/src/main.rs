@@ -46,6 +46,10 @@ struct Args {
     #[arg(long, env = "BERTH_RESIZE_ACCEPT_DEADLINE", default_value_t = 300)]
     resize_accept_deadline: u64,
 
+    /// Nodes whose resize requests are decided at once (each node's requests stay one after the other).
+    #[arg(long, env = "BERTH_RESIZE_NODE_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    resize_node_workers: u16,
+
     #[command(flatten)]
     webhooks: berth_webhooks::Options,
 
@@ -163,7 +167,8 @@ async fn main() -> anyhow::Result<()> {
     let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events);
     let sidecarsets = berth_sidecarset::controller::run(client.clone(), store.clone(), sidecarset_events, namespace);
     let deadline = Duration::from_secs(args.resize_accept_deadline);
-    let resizes = berth_resize::controller::run(client.clone(), store, resize_events, deadline);
+    let resizes =
+        berth_resize::controller::run(client.clone(), store, resize_events, deadline, args.resize_node_workers.into());
     // The first to end (a shutdown signal: they stop on it themselves) ends them all.
     let mut controllers = Box::pin(async {
         tokio::select! {

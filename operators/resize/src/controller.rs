@@ -1,5 +1,6 @@
-//! Feeds Created resize requests to [`crate::feasibility`], one node at a
-//! time, and writes the decision: `berth.dev/resize-state` Accepted or
+//! Feeds Created resize requests to [`crate::feasibility`], each node's one
+//! after the other (different nodes in parallel, up to `node_workers`), and
+//! writes the decision: `berth.dev/resize-state` Accepted or
 //! Rejected with the numbers in `berth.dev/resize-message`, and an Event.
 //! The node's pods are listed fresh for each decision (all of them, not only
 //! berth's), so the sum is the node's real one.
@@ -38,11 +39,13 @@ fn waiting_node(pod: &Pod) -> Option<String> {
 
 /// Decides requests until the process ends: `pods` is the manager's shared
 /// cache (to notice requests), `changes` its stream of changed pods.
+/// `node_workers` nodes are decided at once (at least one).
 pub async fn run(
     client: Client,
     pods: Store<Pod>,
     changes: impl Stream<Item = Arc<Pod>> + Send + 'static,
     deadline: Duration,
+    node_workers: usize,
 ) {
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
@@ -59,13 +62,20 @@ pub async fn run(
     });
     let deadline = SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX);
     let mut work = Box::pin(futures::stream::select(noticed, resync).ready_chunks(256));
-    // One node at a time, in this one task: a decision sees every earlier one.
+    // A node appears once per round and rounds do not overlap, so each
+    // decision for a node sees every earlier one; nodes are independent.
     while let Some(batches) = work.next().await {
-        for node in batches.into_iter().flatten().collect::<BTreeSet<_>>() {
-            if let Err(e) = decide(&client, &recorder, &node).await {
-                warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
-            }
-        }
+        let nodes = batches.into_iter().flatten().collect::<BTreeSet<_>>();
+        futures::stream::iter(nodes)
+            .for_each_concurrent(node_workers.max(1), |node| {
+                let (client, recorder) = (&client, &recorder);
+                async move {
+                    if let Err(e) = decide(client, recorder, &node).await {
+                        warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
+                    }
+                }
+            })
+            .await;
         expire(&client, &recorder, &pods, deadline).await;
     }
 }
@@ -74,37 +84,48 @@ async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result
     let node = Api::<Node>::all(client.clone()).get(node_name).await?;
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
     let pods = Api::<Pod>::all(client.clone()).list(&on_node).await?.items;
-    for decision in decide_node(&node, &pods) {
-        let Some(pod) = pods.iter().find(|p| {
+    // The decisions are computed together, so they can be written in any
+    // order; a write that fails (pod changed) is decided again next pass.
+    let writes = decide_node(&node, &pods).into_iter().filter_map(|decision| {
+        let pod = pods.iter().find(|p| {
             p.metadata.namespace.as_deref() == Some(decision.namespace.as_str()) && p.name_any() == decision.name
-        }) else {
-            continue;
-        };
-        let (state, message, type_, reason) = match &decision.outcome {
-            Ok(m) => (ResizeState::Accepted, m, EventType::Normal, "ResizeAccepted"),
-            Err(m) => (ResizeState::Rejected, m, EventType::Warning, "ResizeRejected"),
-        };
-        // Guarded: a pod changed since the list is decided again next pass.
-        let accepted_at = (state == ResizeState::Accepted).then(|| Timestamp::now().to_string());
-        let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
-            keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message, keys::RESIZE_ACCEPTED_AT: accepted_at}}});
-        let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
-        match api.patch(&decision.name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
-            Err(e) => return Err(e),
-        }
-        info!(pod = %decision.name, namespace = %decision.namespace, node = %node_name, %state, %message, "resize decided");
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(message.clone()),
-            action: "Resize".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
-            warn!(pod = %decision.name, error = %e, "could not record Event");
-        }
+        })?;
+        Some(write_decision(client, recorder, node_name, pod, decision))
+    });
+    let results: Vec<Result<(), kube::Error>> =
+        futures::stream::iter(writes).buffer_unordered(WRITES_PER_NODE).collect().await;
+    results.into_iter().collect()
+}
+
+/// Decisions of one node written at once.
+const WRITES_PER_NODE: usize = 16;
+
+async fn write_decision(
+    client: &Client,
+    recorder: &Recorder,
+    node_name: &str,
+    pod: &Pod,
+    decision: crate::feasibility::Decision,
+) -> Result<(), kube::Error> {
+    let (state, message, type_, reason) = match &decision.outcome {
+        Ok(m) => (ResizeState::Accepted, m, EventType::Normal, "ResizeAccepted"),
+        Err(m) => (ResizeState::Rejected, m, EventType::Warning, "ResizeRejected"),
+    };
+    // Guarded: a pod changed since the list is decided again next pass.
+    let accepted_at = (state == ResizeState::Accepted).then(|| Timestamp::now().to_string());
+    let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
+        keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message, keys::RESIZE_ACCEPTED_AT: accepted_at}}});
+    let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
+    match api.patch(&decision.name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    info!(pod = %decision.name, namespace = %decision.namespace, node = %node_name, %state, %message, "resize decided");
+    let event =
+        Event { type_, reason: reason.into(), note: Some(message.clone()), action: "Resize".into(), secondary: None };
+    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+        warn!(pod = %decision.name, error = %e, "could not record Event");
     }
     Ok(())
 }
