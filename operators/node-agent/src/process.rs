@@ -18,7 +18,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     agent::{ResizeMode, Step, next_step},
@@ -144,7 +144,13 @@ impl Agent {
         self.runtime = match self.config.connect().await {
             Ok(rt) => RuntimeSlot::Ready(Box::new(rt)),
             Err(reason) => {
-                warn!(socket = %self.config.socket.display(), %reason, "CRI path unavailable: requests that need it will fail");
+                // Said once per reason; the retries every tick stay quiet.
+                let known = matches!(&self.runtime, RuntimeSlot::Unavailable(r) if *r == reason);
+                if known {
+                    debug!(socket = %self.config.socket.display(), %reason, "CRI path still unavailable");
+                } else {
+                    warn!(socket = %self.config.socket.display(), %reason, "CRI path unavailable: requests that need it will fail");
+                }
                 RuntimeSlot::Unavailable(reason)
             }
         };
