@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use berth_api::{
     InplaceSet,
-    inplaceset::{RolloutStatus, claim_ordinal},
+    inplaceset::{PodManagementPolicy, RolloutStatus, claim_ordinal},
     keys,
 };
 use berth_inplace::revision::revision_name;
@@ -58,6 +58,26 @@ pub struct Context {
     pods: Store<Pod>,
     claims: Store<PersistentVolumeClaim>,
     recorder: Recorder,
+    /// Pod creations in flight at once for a Parallel set.
+    create_concurrency: usize,
+}
+
+/// Pod creations a Parallel set has in flight at once (the apiserver's
+/// accept rate, not one round trip after the other, bounds a scale-up);
+/// `BERTH_INPLACESET_CREATE_CONCURRENCY` overrides it.
+pub const DEFAULT_CREATE_CONCURRENCY: usize = 16;
+
+fn create_concurrency() -> usize {
+    match std::env::var("BERTH_INPLACESET_CREATE_CONCURRENCY").map(|v| v.parse::<usize>()) {
+        Ok(Ok(n)) if n >= 1 => n,
+        Ok(_) => {
+            warn!(
+                "BERTH_INPLACESET_CREATE_CONCURRENCY must be a whole number of at least 1; using {DEFAULT_CREATE_CONCURRENCY}"
+            );
+            DEFAULT_CREATE_CONCURRENCY
+        }
+        Err(_) => DEFAULT_CREATE_CONCURRENCY,
+    }
 }
 
 /// Runs the controller until a shutdown signal, reading pods from the
@@ -76,7 +96,13 @@ pub async fn run(client: Client, pods: Store<Pod>, pod_events: impl futures::Str
     tokio::spawn(claim_stream);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context { client: client.clone(), pods: pods.clone(), claims: claims.clone(), recorder });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: pods.clone(),
+        claims: claims.clone(),
+        recorder,
+        create_concurrency: create_concurrency(),
+    });
     // Plan only from full caches: an empty one would look like missing pods.
     if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
         warn!("pod or claim cache never became ready");
@@ -148,8 +174,29 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut first_error = None;
     let mut failed_creates = Vec::new();
-    for action in &plan.actions {
-        if let Err(e) = execute(&ctx, &set, &pods_api, &templates, action).await {
+    // A Parallel set's consecutive creations (each its own ordinal, claims
+    // created before) go out together, up to the limit; every other action,
+    // and every action of an OrderedReady set, one after the other, in order.
+    let parallel = set.spec.pod_management_policy == PodManagementPolicy::Parallel;
+    let mut results = Vec::with_capacity(plan.actions.len());
+    let mut next = 0;
+    while next < plan.actions.len() {
+        let creates =
+            plan.actions[next..].iter().take_while(|a| parallel && matches!(a, Action::Create { .. })).count();
+        let end = next + creates.max(1);
+        let batch: Vec<_> = futures::stream::iter(next..end)
+            .map(|i| {
+                let (ctx, set, pods_api, templates, action) = (&ctx, &set, &pods_api, &templates, &plan.actions[i]);
+                async move { (action, execute(ctx, set, pods_api, templates, action).await) }
+            })
+            .buffered(ctx.create_concurrency.max(1))
+            .collect()
+            .await;
+        results.extend(batch);
+        next = end;
+    }
+    for (action, result) in results {
+        if let Err(e) = result {
             warn!(inplaceset = %name, ?action, error = %e, "action failed");
             if let Action::Create { ordinal, .. } | Action::CreateClaim { ordinal, .. } = action {
                 let failure = format!("{name}-{ordinal}: {e}");
