@@ -21,8 +21,8 @@
 //!   `berth.dev/InPlaceUpdateReady` gate not True: out of Service endpoints);
 //! - every `berth.dev/lifecycle-state` change is one the lifecycle machine
 //!   allows (`LifecycleState::check_change`; after a relist, reachable);
-//! - an in-place update starts once: its record (`berth.dev/inplace-update-state`)
-//!   is never rewritten for the same revision while in flight;
+//! - what an in-place update recorded as running before it
+//!   (`berth.dev/inplace-update-state`) never changes while it is in flight;
 //!   and at the end the rollout completed.
 //!
 //! It stops the manager the other suites use: `#[ignore]`d, and `make e2e`
@@ -157,8 +157,8 @@ struct Seen {
     ordinal: Option<String>,
     lifecycle: Option<LifecycleState>,
     available: bool,
-    /// The in-place update record: (revision, resize phase, start time, raw).
-    update: Option<(String, bool, String, String)>,
+    /// The in-place update in flight: its record, as recorded.
+    update: Option<InPlaceUpdateState>,
 }
 
 #[derive(Debug, Default)]
@@ -211,8 +211,8 @@ impl Watched {
             lifecycle: p.annotations().get(keys::LIFECYCLE_STATE).and_then(|s| s.parse().ok()),
             available: available(p),
             update: p.annotations().get(keys::INPLACE_UPDATE_STATE).map(|raw| {
-                let state = InPlaceUpdateState::parse(raw).unwrap_or_default();
-                (state.revision, state.resize, state.update_timestamp, raw.clone())
+                InPlaceUpdateState::parse(raw)
+                    .unwrap_or_else(|e| InPlaceUpdateState { revision: e, ..Default::default() })
             }),
         }
     }
@@ -249,14 +249,23 @@ impl Watched {
                 ));
             }
         }
-        // One start per update (per phase: resize, then images): a second start of the same
-        // revision in flight records the new image as the one "before"; it never completes.
-        if let (Some((r1, phase1, t1, _)), Some((r2, phase2, t2, raw))) = (&before.update, &now.update)
-            && (r1, phase1) == (r2, phase2)
-            && t1 != t2
+        // What a container ran before an update is recorded when it starts and must not change
+        // while it is in flight (same revision and phase): a restart of the update that records
+        // the new image as the one "before" waits forever for a change that already happened.
+        if let (false, Some(first), Some(again)) = (gap, &before.update, &now.update)
+            && (&first.revision, first.resize) == (&again.revision, again.resize)
+            && first.containers != again.containers
         {
-            self.violations
-                .push(format!("{}: in-place update to {r1} started twice ({t1}, then {t2}): {raw}", now.name));
+            self.violations.push(format!(
+                "{}: the in-place update to {} was started again ({}, then {}) and its record of what ran before \
+                 changed from {:?} to {:?}",
+                now.name,
+                first.revision,
+                first.update_timestamp,
+                again.update_timestamp,
+                first.containers,
+                again.containers
+            ));
         }
         self.pods.insert(uid, now);
         let unavailable = self.pods.values().filter(|s| !s.available).count();
