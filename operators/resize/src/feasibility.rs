@@ -107,10 +107,16 @@ pub fn decide(node: &Node, pods: &[Pod], candidate: &Pod, request: &ResizeReques
         short.push(format!("memory requests would be {} of {} bytes allocatable", want.memory, total.memory));
     }
     if let Some(cpuset) = &request.cpuset {
+        // One CPU stays shared, as the node agent keeps it (its default
+        // --exclusive-cpus is every CPU but CPU 0): the shared pool is never empty.
         let cores = (total.cpu / 1000) as u32;
-        let free = cores.saturating_sub(held);
+        let exclusive = cores.saturating_sub(1);
+        let free = exclusive.saturating_sub(held);
         if cpuset.exclusive_cpus > free {
-            short.push(format!("{} exclusive CPUs asked, {free} of {cores} free", cpuset.exclusive_cpus));
+            short.push(format!(
+                "{} exclusive CPUs asked, {free} of {exclusive} free (one of the node's {cores} CPUs stays shared)",
+                cpuset.exclusive_cpus
+            ));
         }
     }
     if short.is_empty() {

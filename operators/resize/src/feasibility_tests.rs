@@ -92,8 +92,14 @@ fn memory_and_exclusive_cpus_are_checked_and_finished_pods_do_not_count() {
     ];
     assert_eq!(
         decide_node(&n, &pods)[0].outcome,
-        Err("does not fit node node-a: 3 exclusive CPUs asked, 2 of 4 free".into())
+        Err("does not fit node node-a: 3 exclusive CPUs asked, 1 of 3 free (one of the node's 4 CPUs stays shared)"
+            .into())
     );
+    let pods = vec![
+        pod("a", "1", "1Gi", Some(("Applied", pinned.clone()))),
+        pod("b", "1", "1Gi", Some(("Created", json!({"cpuset": {"exclusiveCpus": 1}})))),
+    ];
+    assert!(decide_node(&n, &pods)[0].outcome.is_ok(), "the last exclusive CPU is free");
 }
 
 #[test]

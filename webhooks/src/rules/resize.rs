@@ -4,6 +4,8 @@
 //! the actor that transition belongs to: anyone for Submit and Cancel, the
 //! manager for Accept/Reject/Expire, and for Apply/Fail only the node agent of
 //! the node the pod is bound to (from its pod-bound token's node name).
+//! `berth.dev/resize-applied` (what that agent verified in the runtime) is set
+//! only with its Applied, and removed only with a new request or a finish.
 
 use berth_api::{
     keys,
@@ -35,12 +37,13 @@ pub struct Requester<'a> {
 struct Annotations<'a> {
     state: Option<&'a str>,
     request: Option<&'a str>,
+    applied: Option<&'a str>,
 }
 
 fn annotations(obj: Option<&DynamicObject>) -> Annotations<'_> {
     let a = obj.and_then(|o| o.metadata.annotations.as_ref());
     let get = |k: &str| a.and_then(|a| a.get(k)).map(String::as_str);
-    Annotations { state: get(keys::RESIZE_STATE), request: get(keys::RESIZE) }
+    Annotations { state: get(keys::RESIZE_STATE), request: get(keys::RESIZE), applied: get(keys::RESIZE_APPLIED) }
 }
 
 fn parse_state(raw: Option<&str>) -> Result<Option<ResizeState>, String> {
@@ -74,8 +77,39 @@ impl ResizeRule {
         spec: Option<&PodSpec>,
     ) -> Result<(), String> {
         let (before, after) = (annotations(old), annotations(new));
-        if before.state == after.state && before.request == after.request {
+        let event = self.check_transition(who, &before, &after, spec)?;
+        if before.applied == after.applied {
             return Ok(());
+        }
+        // The runtime's values, as the node agent verified them: the auditor trusts them.
+        match (after.applied, event) {
+            (Some(_), Some(ResizeEvent::Apply)) => Ok(()),
+            (None, Some(ResizeEvent::Submit | ResizeEvent::Apply | ResizeEvent::Fail)) => Ok(()),
+            (Some(_), _) => Err(format!(
+                "{} records what the node agent verified in the runtime: only the node agent of the pod's node sets \
+                 it, together with {}: Applied",
+                keys::RESIZE_APPLIED,
+                keys::RESIZE_STATE
+            )),
+            (None, _) => Err(format!(
+                "{} may be removed only with a new request ({}: Created) or by the node agent finishing one",
+                keys::RESIZE_APPLIED,
+                keys::RESIZE_STATE
+            )),
+        }
+    }
+
+    /// The state-machine event the change makes (`None`: the request and
+    /// its state are unchanged), or why it is refused.
+    fn check_transition(
+        &self,
+        who: &Requester,
+        before: &Annotations,
+        after: &Annotations,
+        spec: Option<&PodSpec>,
+    ) -> Result<Option<ResizeEvent>, String> {
+        if before.state == after.state && before.request == after.request {
+            return Ok(None);
         }
         let (from, to) = (parse_state(before.state)?, parse_state(after.state)?);
         if from == to {
@@ -155,7 +189,7 @@ impl ResizeRule {
                 resize_pod::check(spec, &request).map_err(|e| format!("{}: {e}", keys::RESIZE))?;
             }
         }
-        Ok(())
+        Ok(Some(*event))
     }
 }
 

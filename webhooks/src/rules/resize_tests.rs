@@ -100,3 +100,33 @@ fn a_submitted_request_must_fit_the_pod() {
 fn other_pod_updates_pass() {
     assert_eq!(check("alice", None, (Some("Applied"), Some(REQ)), (Some("Applied"), Some(REQ))), Ok(()));
 }
+
+#[test]
+fn only_the_pods_node_agent_records_what_it_applied_and_only_with_applied() {
+    const APPLIED: &str = r#"{"app":{"cpuQuota":100000,"cpuPeriod":100000}}"#;
+    let with = |state: &str, applied: Option<&str>| {
+        let mut p = pod(Some(state), Some(REQ));
+        if let Some(a) = applied {
+            p.metadata.annotations.as_mut().unwrap().insert(keys::RESIZE_APPLIED.into(), a.into());
+        }
+        p
+    };
+    let run = |user: &str, node: Option<&str>, from: DynamicObject, to: DynamicObject| {
+        rule().check(&Requester { username: user, node }, Some(&from), Some(&to), Some(&spec("node-a")))
+    };
+    // The agent of the pod's node, finishing the request: allowed.
+    assert_eq!(run(AGENT, Some("node-a"), with("Accepted", None), with("Applied", Some(APPLIED))), Ok(()));
+    // Another node's agent: refused by the transition's node check.
+    assert!(run(AGENT, Some("node-b"), with("Accepted", None), with("Applied", Some(APPLIED))).is_err());
+    // A user forging the record later, or with a state that is not Applied: refused, saying who may.
+    let err = run("alice", None, with("Applied", None), with("Applied", Some(APPLIED))).unwrap_err();
+    assert!(err.contains("only the node agent of the pod's node sets it"), "{err}");
+    let err = run(AGENT, Some("node-a"), with("Accepted", None), with("Failed", Some(APPLIED))).unwrap_err();
+    assert!(err.contains("together with berth.dev/resize-state: Applied"), "{err}");
+    // Removal: with a new request (a user's, or the manager's for an InplaceSet), or by the agent finishing one.
+    let resubmitted = pod(Some("Created"), Some(r#"{"containers":{"app":{"requests":{"cpu":"900m"}}}}"#));
+    assert_eq!(run(MANAGER, None, with("Applied", Some(APPLIED)), resubmitted.clone()), Ok(()));
+    assert_eq!(run("alice", None, with("Applied", Some(APPLIED)), resubmitted), Ok(()));
+    let err = run("alice", None, with("Applied", Some(APPLIED)), with("Applied", None)).unwrap_err();
+    assert!(err.contains("may be removed only with a new request"), "{err}");
+}
