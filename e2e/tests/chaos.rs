@@ -369,7 +369,7 @@ impl Run {
         let log = self.chaos.await??;
         let w = self.state.lock().await;
         println!(
-            "{what}: rolled out in {took:.1?} with {} leader kills and {} apiserver restart; watcher: {} pod changes, \
+            "{what}: {took:.1?} under chaos with {} leader kills and {} apiserver restart; watcher: {} pod changes, \
              {} lifecycle changes, peak unavailable {} (max {MAX_UNAVAILABLE}), {} watches resumed, {} relists, \
              {} violations",
             log.kills,
