@@ -8,7 +8,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use berth_api::resize::ResizeRequest;
+use berth_api::{inplace::InPlaceUpdateState, keys, resize::ResizeRequest};
 
 use crate::{InPlaceChanges, patch};
 
@@ -42,7 +42,7 @@ pub async fn start(
     now: Timestamp,
 ) -> kube::Result<bool> {
     let build = |pod: &Pod| patch::start_patch_labelled(pod, changes, revision, revision_label, now);
-    guarded(pods, name, marker, build).await
+    guarded(pods, name, (revision, false), marker, build).await
 }
 
 /// Starts the resize phase of an update to `revision`: submits `request`
@@ -55,18 +55,27 @@ pub async fn start_resize(
     marker: impl Fn(&Pod) -> Option<String>,
     now: Timestamp,
 ) -> kube::Result<bool> {
-    guarded(pods, name, marker, |pod: &Pod| patch::start_resize_patch(pod, request, revision, now)).await
+    let build = |pod: &Pod| patch::start_resize_patch(pod, request, revision, now);
+    guarded(pods, name, (revision, true), marker, build).await
 }
 
 /// Sends the resourceVersion-guarded patch `build` makes from the pod,
 /// re-reading and retrying on a conflict while `marker` is unchanged.
+/// Nothing is sent (`Ok(false)`) if the fresh pod shows the start already
+/// made: a plan from a stale cache (a new leader, a relist) would otherwise
+/// start it again and record the new containers as the ones from before,
+/// and the update would wait forever for a change that already happened.
 async fn guarded(
     pods: &Api<Pod>,
     name: &str,
+    (revision, resize): (&str, bool),
     marker: impl Fn(&Pod) -> Option<String>,
     build: impl Fn(&Pod) -> serde_json::Value,
 ) -> kube::Result<bool> {
     let mut current = pods.get(name).await?;
+    if already_started(&current, revision, resize, &marker) {
+        return Ok(false);
+    }
     let planned_from = marker(&current);
     for attempt in 1.. {
         match pods.patch(name, &PatchParams::default(), &Patch::Strategic(build(&current))).await {
@@ -82,8 +91,61 @@ async fn guarded(
     unreachable!("the loop returns")
 }
 
+/// Whether `pod` is already at `revision` (its marker says so) or has this
+/// phase of the update to it in flight.
+fn already_started(pod: &Pod, revision: &str, resize: bool, marker: impl Fn(&Pod) -> Option<String>) -> bool {
+    let in_flight = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::INPLACE_UPDATE_STATE))
+        .and_then(|s| InPlaceUpdateState::parse(s).ok())
+        .is_some_and(|s| s.revision == revision && s.resize == resize);
+    in_flight || marker(pod).as_deref() == Some(revision)
+}
+
 /// Ends a completed update: gate True, in-place state removed.
 pub async fn finish(pods: &Api<Pod>, name: &str, now: Timestamp) -> kube::Result<()> {
     set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
     pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(label: &str, state: Option<InPlaceUpdateState>) -> Pod {
+        let mut annotations = serde_json::Map::new();
+        if let Some(s) = state {
+            annotations.insert(keys::INPLACE_UPDATE_STATE.into(), json!(s.to_annotation()));
+        }
+        serde_json::from_value(json!({"metadata": {"name": "web-0",
+            "labels": {keys::CONTROLLER_REVISION_HASH: label}, "annotations": annotations}}))
+        .unwrap()
+    }
+
+    fn revision_label(p: &Pod) -> Option<String> {
+        p.metadata.labels.as_ref()?.get(keys::CONTROLLER_REVISION_HASH).cloned()
+    }
+
+    #[test]
+    fn a_start_planned_from_a_stale_pod_is_not_made_twice() {
+        let record = |revision: &str, resize: bool| InPlaceUpdateState {
+            revision: revision.into(),
+            update_timestamp: "2026-11-23T05:00:00Z".into(),
+            resize,
+            ..Default::default()
+        };
+        // Fresh pod, nothing in flight: start.
+        assert!(!already_started(&pod("r1", None), "r2", false, revision_label));
+        // Already relabelled (started, maybe finished): do not start again.
+        assert!(already_started(&pod("r2", None), "r2", false, revision_label));
+        // The same phase in flight: do not start again.
+        assert!(already_started(&pod("r1", Some(record("r2", true))), "r2", true, revision_label));
+        // The resize phase done, the rest follows; or an older revision's record: start.
+        assert!(!already_started(&pod("r1", Some(record("r2", true))), "r2", false, revision_label));
+        assert!(!already_started(&pod("r1", Some(record("r0", false))), "r2", false, revision_label));
+    }
 }
