@@ -113,15 +113,25 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<Exit> {
     let api: Api<Pod> = Api::namespaced(client, namespace);
-    let pod = api.get(&args.pod).await.map_err(|e| Error::from_get(e, "pod", &args.pod, namespace))?;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let req = request(args, &spec).map_err(|e| Error::Invalid(format!("pod {}: {e}", args.pod)))?;
-    let patch = submit_patch(&pod, &req).map_err(Error::Invalid)?;
-    let submitted = match api.patch(&args.pod, &PatchParams::default(), &Patch::Merge(patch)).await {
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Err(Error::Invalid(format!("pod {} changed while submitting; run the command again", args.pod)));
+    // Guarded by the pod's resourceVersion; the kubelet writes pods often, so a
+    // conflict is read again (and checked again: no request in flight) a few times.
+    let mut attempt = 0;
+    let (req, submitted) = loop {
+        attempt += 1;
+        let pod = api.get(&args.pod).await.map_err(|e| Error::from_get(e, "pod", &args.pod, namespace))?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let req = request(args, &spec).map_err(|e| Error::Invalid(format!("pod {}: {e}", args.pod)))?;
+        let patch = submit_patch(&pod, &req).map_err(Error::Invalid)?;
+        match api.patch(&args.pod, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => continue,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Err(Error::Invalid(format!(
+                    "pod {} kept changing while submitting ({attempt} attempts); run the command again",
+                    args.pod
+                )));
+            }
+            r => break (req, r?),
         }
-        r => r?,
     };
     let mut last = state_of(&submitted).map_err(Error::Invalid)?;
     println!("pod/{} resize submitted: {}", args.pod, annotation(&req));
