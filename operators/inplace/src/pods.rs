@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -85,10 +85,54 @@ impl SharedPods {
     }
 }
 
-/// Drops what no controller reads: managed fields and kubectl's copy of the last applied object.
+/// Keeps only what the controllers read, so a cached pod costs a fraction
+/// of the full object: metadata (without managed fields or kubectl's copy of
+/// the last applied object); per container its name, image, resources and
+/// restart policy; the node, the readiness gates; the phase, start time,
+/// conditions and, per container status, its identity, image, readiness,
+/// restarts and resources. Everything else (volumes, env, probes, affinity,
+/// IPs, container states...) is dropped. A controller that needs more reads
+/// the pod from the API.
 fn trim(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
+    pod.metadata.managed_fields = None;
     pod.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    if let Some(spec) = pod.spec.take() {
+        let slim = |c: Container| Container {
+            name: c.name,
+            image: c.image,
+            resources: c.resources,
+            restart_policy: c.restart_policy,
+            ..Container::default()
+        };
+        pod.spec = Some(PodSpec {
+            containers: spec.containers.into_iter().map(slim).collect(),
+            init_containers: spec.init_containers.map(|cs| cs.into_iter().map(slim).collect()),
+            node_name: spec.node_name,
+            readiness_gates: spec.readiness_gates,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        let slim = |c: ContainerStatus| ContainerStatus {
+            name: c.name,
+            image: c.image,
+            image_id: c.image_id,
+            container_id: c.container_id,
+            ready: c.ready,
+            restart_count: c.restart_count,
+            resources: c.resources,
+            ..ContainerStatus::default()
+        };
+        let slim_all = |cs: Option<Vec<ContainerStatus>>| cs.map(|cs| cs.into_iter().map(slim).collect());
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            start_time: status.start_time,
+            conditions: status.conditions,
+            container_statuses: slim_all(status.container_statuses),
+            init_container_statuses: slim_all(status.init_container_statuses),
+            ..PodStatus::default()
+        });
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +167,57 @@ mod tests {
         assert!(
             b.take(BUFFER).any(|p| futures::future::ready(p.metadata.name.as_deref() == Some(last.as_str()))).await
         );
+    }
+
+    #[test]
+    fn trimming_keeps_what_the_controllers_read_and_drops_the_rest() {
+        let full = serde_json::json!({
+            "metadata": {"name": "web-0", "labels": {"app": "web"}, "annotations": {"a": "b"},
+                "ownerReferences": [{"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "name": "web", "uid": "u"}],
+                "finalizers": ["f"]},
+            "spec": {
+                "nodeName": "n1",
+                "readinessGates": [{"conditionType": keys::INPLACE_UPDATE_READY}],
+                "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A", "value": "1"}],
+                    "resources": {"requests": {"cpu": "1"}}, "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+                "initContainers": [{"name": "proxy", "image": "p:1", "restartPolicy": "Always", "command": ["x"]}],
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}]
+            },
+            "status": {
+                "phase": "Running", "startTime": "2026-11-23T05:00:00Z", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "app", "image": "web:1", "imageID": "sha256:a", "containerID": "cri://1",
+                    "ready": true, "restartCount": 2, "state": {"running": {"startedAt": "2026-11-23T05:00:00Z"}},
+                    "resources": {"requests": {"cpu": "1"}}}]
+            }
+        });
+        let mut p: Pod = serde_json::from_value(full).unwrap();
+        trim(&mut p);
+        let mut kept = serde_json::to_value(&p).unwrap();
+        kept.as_object_mut().unwrap().retain(|k, _| k != "apiVersion" && k != "kind");
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "metadata": {"name": "web-0", "labels": {"app": "web"}, "annotations": {"a": "b"},
+                    "ownerReferences": [{"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "name": "web", "uid": "u"}],
+                    "finalizers": ["f"]},
+                "spec": {
+                    "nodeName": "n1",
+                    "readinessGates": [{"conditionType": keys::INPLACE_UPDATE_READY}],
+                    "containers": [{"name": "app", "image": "web:1", "resources": {"requests": {"cpu": "1"}}}],
+                    "initContainers": [{"name": "proxy", "image": "p:1", "restartPolicy": "Always"}]
+                },
+                "status": {
+                    "phase": "Running", "startTime": "2026-11-23T05:00:00Z",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "app", "image": "web:1", "imageID": "sha256:a",
+                        "containerID": "cri://1", "ready": true, "restartCount": 2, "resources": {"requests": {"cpu": "1"}}}]
+                }
+            })
+        );
+        // What the planners read comes through unchanged.
+        assert_eq!(crate::progress::progress(&p), Ok(crate::progress::Progress::Idle));
     }
 
     #[test]
