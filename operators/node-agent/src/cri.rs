@@ -145,30 +145,21 @@ impl CriClient {
     /// manager keys them: by the kubelet's labels, else by the sandbox's
     /// pod UID and the container's metadata name.
     pub async fn live_keys(&mut self) -> Result<BTreeMap<ContainerKey, String>, CriError> {
-        let sandboxes = self
-            .runtime
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .map_err(call("ListPodSandbox", "-"))?
-            .into_inner()
-            .items;
-        let uid_of: BTreeMap<String, String> =
-            sandboxes.into_iter().filter_map(|s| Some((s.id, s.metadata?.uid))).collect();
-        let mut out = BTreeMap::new();
-        for c in self.list_containers().await? {
-            let uid = c.labels.get(LABEL_POD_UID).cloned().or_else(|| uid_of.get(&c.pod_sandbox_id).cloned());
-            let name =
-                c.labels.get(LABEL_CONTAINER_NAME).cloned().or_else(|| c.metadata.as_ref().map(|m| m.name.clone()));
-            if let (Some(uid), Some(name)) = (uid, name) {
-                out.insert(ContainerKey::new(uid, name), c.id);
-            }
-        }
-        Ok(out)
+        self.keys(None).await
     }
 
     /// The running containers, keyed as [`Self::live_keys`] keys them
     /// (one per key: a restarted container's exited attempts are skipped).
     pub async fn running_keys(&mut self) -> Result<BTreeMap<ContainerKey, String>, CriError> {
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        };
+        self.keys(Some(running)).await
+    }
+
+    /// The containers `filter` selects, by [`ContainerKey`].
+    async fn keys(&mut self, filter: Option<cri::ContainerFilter>) -> Result<BTreeMap<ContainerKey, String>, CriError> {
         let sandboxes = self
             .runtime
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
@@ -178,15 +169,11 @@ impl CriClient {
             .items;
         let uid_of: BTreeMap<String, String> =
             sandboxes.into_iter().filter_map(|s| Some((s.id, s.metadata?.uid))).collect();
-        let filter = cri::ContainerFilter {
-            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
-            ..Default::default()
-        };
         let containers = self
             .runtime
-            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .list_containers(cri::ListContainersRequest { filter })
             .await
-            .map_err(call("ListContainers", "running"))?
+            .map_err(call("ListContainers", "-"))?
             .into_inner()
             .containers;
         let mut out = BTreeMap::new();

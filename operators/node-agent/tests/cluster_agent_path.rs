@@ -10,6 +10,8 @@
 //! `make cluster-up` + `e2e/manager.sh up`) and `BERTH_CRI_SOCKET`
 //! (`e2e/containerd/containerd.sh up`); skipped otherwise.
 
+mod common;
+
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -75,30 +77,8 @@ async fn node_agent_token(client: &Client, placeholder: &str) -> Res<String> {
 
 /// A sandbox with one container `app` for the API pod `uid`, labelled as the kubelet labels them.
 async fn run_app(cri: &mut CriClient, uid: &str, image: &str, logs: &std::path::Path) -> Res<(String, String)> {
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "grow".into(),
-            uid: uid.into(),
-            namespace: "berth-agent-path".into(),
-            attempt: 0,
-        }),
-        labels: [(LABEL_POD_UID.to_string(), uid.to_string())].into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/berth-cri-test/pod{uid}"),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let labels = [(LABEL_POD_UID.to_string(), uid.to_string())].into();
+    let config = common::sandbox_config("grow", "berth-agent-path", uid, labels, "/berth-cri-test", logs);
     let sandbox = cri
         .runtime()
         .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })

@@ -5,6 +5,8 @@
 //! CPU manager reloaded from disk and reconciled against the runtime; a
 //! memory decrease below usage refused; the update + verify time measured.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -86,30 +88,7 @@ async fn start_pod(cri: &mut CriClient, env: &Env, logs: &std::path::Path) -> Re
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "resize".into(),
-            uid: uid.clone(),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            // The pod cgroup, as the kubelet's cgroupfs driver names it.
-            cgroup_parent: format!("{}/pod{uid}", env.cgroup_parent),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let config = common::sandbox_config("resize", "berth-test", &uid, BTreeMap::new(), &env.cgroup_parent, logs);
     let sandbox_id = cri
         .runtime()
         .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
