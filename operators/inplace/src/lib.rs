@@ -7,6 +7,7 @@
 //! - [`progress`]: whether a pod's in-place update has completed.
 //! - [`revision`]: the stable hash naming a template revision.
 //! - [`scaled`]: counts given as a number or a percent.
+//! - [`runs`]: which planned actions may execute concurrently.
 //! - [`apply`]: the API calls that send the patches; [`pods`]: the one shared
 //!   pod watch (the only I/O here).
 //!
@@ -20,6 +21,7 @@ pub mod patch;
 pub mod pods;
 pub mod progress;
 pub mod revision;
+pub mod runs;
 pub mod scaled;
 
 pub use diff::{InPlaceChanges, UpdatePlan, plan_update};

@@ -58,31 +58,20 @@ pub struct Context {
     pods: Store<Pod>,
     claims: Store<PersistentVolumeClaim>,
     recorder: Recorder,
-    /// Pod creations in flight at once for a Parallel set.
-    create_concurrency: usize,
-}
-
-/// Pod creations a Parallel set has in flight at once (the apiserver's
-/// accept rate, not one round trip after the other, bounds a scale-up);
-/// `BERTH_INPLACESET_CREATE_CONCURRENCY` overrides it.
-pub const DEFAULT_CREATE_CONCURRENCY: usize = 16;
-
-fn create_concurrency() -> usize {
-    match std::env::var("BERTH_INPLACESET_CREATE_CONCURRENCY").map(|v| v.parse::<usize>()) {
-        Ok(Ok(n)) if n >= 1 => n,
-        Ok(_) => {
-            warn!(
-                "BERTH_INPLACESET_CREATE_CONCURRENCY must be a whole number of at least 1; using {DEFAULT_CREATE_CONCURRENCY}"
-            );
-            DEFAULT_CREATE_CONCURRENCY
-        }
-        Err(_) => DEFAULT_CREATE_CONCURRENCY,
-    }
+    /// Pod writes (creations, in-place steps) in flight at once for one set.
+    pod_writes: usize,
 }
 
 /// Runs the controller until a shutdown signal, reading pods from the
 /// manager's shared pod cache ([`berth_inplace::pods::SharedPods`]).
-pub async fn run(client: Client, pods: Store<Pod>, pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
+/// `pod_writes` bounds the pod writes one set has in flight (see
+/// [`crate::plan::runs`]).
+pub async fn run(
+    client: Client,
+    pods: Store<Pod>,
+    pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    pod_writes: usize,
+) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
     let (claims, claims_writer) = reflector::store();
     let claim_stream = watcher(
@@ -101,7 +90,7 @@ pub async fn run(client: Client, pods: Store<Pod>, pod_events: impl futures::Str
         pods: pods.clone(),
         claims: claims.clone(),
         recorder,
-        create_concurrency: create_concurrency(),
+        pod_writes: pod_writes.max(1),
     });
     // Plan only from full caches: an empty one would look like missing pods.
     if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
@@ -174,40 +163,48 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut first_error = None;
     let mut failed_creates = Vec::new();
-    // A Parallel set's consecutive creations (each its own ordinal, claims
-    // created before) go out together, up to the limit; every other action,
-    // and every action of an OrderedReady set, one after the other, in order.
+    // Actions on distinct pods go out together, up to the limit; the rest in order.
     let parallel = set.spec.pod_management_policy == PodManagementPolicy::Parallel;
     let mut results = Vec::with_capacity(plan.actions.len());
-    let mut next = 0;
-    while next < plan.actions.len() {
-        let creates =
-            plan.actions[next..].iter().take_while(|a| parallel && matches!(a, Action::Create { .. })).count();
-        let end = next + creates.max(1);
-        let batch: Vec<_> = futures::stream::iter(next..end)
+    for run in crate::plan::runs::concurrent_runs(&plan.actions, parallel) {
+        // Indices, not references: a closure over `&Action` makes the future not Send.
+        let batch: Vec<_> = futures::stream::iter(run)
             .map(|i| {
                 let (ctx, set, pods_api, templates, action) = (&ctx, &set, &pods_api, &templates, &plan.actions[i]);
                 async move { (action, execute(ctx, set, pods_api, templates, action).await) }
             })
-            .buffered(ctx.create_concurrency.max(1))
+            .buffered(ctx.pod_writes)
             .collect()
             .await;
         results.extend(batch);
-        next = end;
     }
+    let mut created = Vec::new();
     for (action, result) in results {
-        if let Err(e) = result {
-            warn!(inplaceset = %name, ?action, error = %e, "action failed");
-            if let Action::Create { ordinal, .. } | Action::CreateClaim { ordinal, .. } = action {
-                let failure = format!("{name}-{ordinal}: {e}");
-                publish(&ctx, &set, None, EventType::Warning, "FailedCreate", "Create", failure.clone()).await;
-                failed_creates.push(failure);
+        match (action, result) {
+            (Action::Create { ordinal, .. }, Ok(true)) => created.push(format!("{name}-{ordinal}")),
+            (_, Ok(_)) => {}
+            (action, Err(e)) => {
+                warn!(inplaceset = %name, ?action, error = %e, "action failed");
+                if let Action::Create { ordinal, .. } | Action::CreateClaim { ordinal, .. } = action {
+                    failed_creates.push(format!("{name}-{ordinal}: {e}"));
+                }
+                first_error.get_or_insert(e);
             }
-            first_error.get_or_insert(e);
         }
     }
-    for blocked in &plan.blocked {
-        publish(&ctx, &set, None, EventType::Warning, "UpdateBlocked", "Update", status::describe(blocked)).await;
+    // One Event per pass, not per pod: a scale-up of thousands would double
+    // the apiserver writes (and wait on each).
+    if !created.is_empty() {
+        let note = status::pods_note("created", &created);
+        publish(&ctx, &set, None, EventType::Normal, "SuccessfulCreate", "Create", note).await;
+    }
+    if !failed_creates.is_empty() {
+        let note = status::summary(&failed_creates);
+        publish(&ctx, &set, None, EventType::Warning, "FailedCreate", "Create", note).await;
+    }
+    if !plan.blocked.is_empty() {
+        let lines: Vec<String> = plan.blocked.iter().map(status::describe).collect();
+        publish(&ctx, &set, None, EventType::Warning, "UpdateBlocked", "Update", status::summary(&lines)).await;
     }
     report_rollout(&ctx, &set, observed.previous.rollout.as_ref(), plan.rollout.as_ref()).await;
 

@@ -22,13 +22,15 @@ use crate::{
     pod::{new_claim, new_pod},
 };
 
+/// Carries out `action`; `Ok(false)` when there was nothing to do (the pod
+/// already exists, the start was already made).
 pub async fn execute(
     ctx: &Context,
     set: &InplaceSet,
     pods: &Api<Pod>,
     templates: &BTreeMap<String, PodTemplateSpec>,
     action: &Action,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let now = Timestamp::now();
     match action {
         Action::Create { ordinal, revision, avoid_nodes } => {
@@ -39,23 +41,13 @@ pub async fn execute(
             let pod = new_pod(set, *ordinal, revision, template, avoid_nodes);
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()), // already created; the cache lags
+                Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false), // already created; the cache lags
                 // The namespace is going away (its pods before the set): nothing to do.
-                Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(()),
+                Err(kube::Error::Api(s)) if namespace_terminating(&s) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
-            let name = pod.name_any();
-            info!(inplaceset = %set.name_any(), pod = %name, %revision, "created pod");
-            publish(
-                ctx,
-                set,
-                Some(&name),
-                EventType::Normal,
-                "SuccessfulCreate",
-                "Create",
-                format!("created pod {name}"),
-            )
-            .await;
+            // The Event is one per run of creations, from the caller.
+            info!(inplaceset = %set.name_any(), pod = %pod.name_any(), %revision, "created pod");
         }
         Action::ScaleDown { name } | Action::Recreate { name, .. } => {
             pods.delete(name, &DeleteParams::default()).await?;
@@ -100,7 +92,7 @@ pub async fn execute(
         Action::StartResize { name, revision, request } => {
             let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
             if !apply::start_resize(pods, name, revision, request, revision_of, now).await? {
-                return Ok(());
+                return Ok(false);
             }
             let wanted = serde_json::to_string(request).unwrap_or_default();
             info!(inplaceset = %set.name_any(), pod = %name, %revision, request = %wanted, "submitted resize");
@@ -203,7 +195,7 @@ pub async fn execute(
             info!(inplaceset = %set.name_any(), claim = %name, owned, "claim owner reference per whenDeleted");
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn claims_api(ctx: &Context, set: &InplaceSet) -> Api<PersistentVolumeClaim> {

@@ -75,13 +75,13 @@ pub fn status(o: &Observed, plan: &Plan, generation: Option<i64>, failed_creates
             "FailedCreate",
             !failed_creates.is_empty(),
             if failed_creates.is_empty() { "NoFailure" } else { "FailedCreate" },
-            failed_creates.join("; "),
+            summary(failed_creates),
         ),
         condition(
             "FailedUpdate",
             !blocked.is_empty(),
             if blocked.is_empty() { "NoFailure" } else { "UpdateBlocked" },
-            blocked.join("; "),
+            summary(&blocked),
         ),
     ];
     InplaceSetStatus {
@@ -105,6 +105,31 @@ pub fn status(o: &Observed, plan: &Plan, generation: Option<i64>, failed_creates
 
 /// The Progressing condition's reason when a rollout stalls.
 pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// Lines shown in a condition message or Event before the rest is counted.
+const SHOWN: usize = 5;
+
+/// `lines` joined with "; ", the first few only, then how many more: a
+/// thousand blocked pods make a readable condition, not a megabyte.
+pub fn summary(lines: &[String]) -> String {
+    let mut text = lines.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if lines.len() > SHOWN {
+        text.push_str(&format!("; and {} more", lines.len() - SHOWN));
+    }
+    text
+}
+
+/// "created pod web-3", or "created 40 pods: web-0, web-1, … (and 35 more)".
+pub fn pods_note(verb: &str, pods: &[String]) -> String {
+    match pods {
+        [one] => format!("{verb} pod {one}"),
+        _ => {
+            let shown = pods.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            let more = if pods.len() > SHOWN { format!(" and {} more", pods.len() - SHOWN) } else { String::new() };
+            format!("{verb} {} pods: {shown}{more}", pods.len())
+        }
+    }
+}
 
 /// One line per blocked item, for the condition message and Events.
 pub fn describe(b: &Blocked) -> String {
@@ -256,5 +281,16 @@ mod tests {
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FailedCreate"));
         assert!(c.message.contains("exceeded quota"));
         assert_eq!(find(&status(&o, &Plan::default(), None, &[]), "FailedCreate").status, "False");
+    }
+
+    #[test]
+    fn long_lists_are_summarised() {
+        let lines: Vec<String> = (0..8).map(|i| format!("web-{i}: quota")).collect();
+        assert_eq!(summary(&lines[..2]), "web-0: quota; web-1: quota");
+        assert_eq!(summary(&lines), "web-0: quota; web-1: quota; web-2: quota; web-3: quota; web-4: quota; and 3 more");
+        let pods: Vec<String> = (0..7).map(|i| format!("web-{i}")).collect();
+        assert_eq!(pods_note("created", &pods[..1]), "created pod web-0");
+        assert_eq!(pods_note("created", &pods[..2]), "created 2 pods: web-0, web-1");
+        assert_eq!(pods_note("created", &pods), "created 7 pods: web-0, web-1, web-2, web-3, web-4 and 2 more");
     }
 }

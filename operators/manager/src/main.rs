@@ -50,6 +50,11 @@ struct Args {
     #[arg(long, env = "BERTH_RESIZE_NODE_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     resize_node_workers: u16,
 
+    /// Pod writes (creations, in-place update steps) one InplaceSet or SidecarSet has in flight at once:
+    /// a rollout step's pods are patched together, not one round trip after the other.
+    #[arg(long, env = "BERTH_POD_WRITES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pod_writes: u16,
+
     #[command(flatten)]
     webhooks: berth_webhooks::Options,
 
@@ -164,8 +169,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let [inplaceset_events, sidecarset_events, resize_events] = events;
-    let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events);
-    let sidecarsets = berth_sidecarset::controller::run(client.clone(), store.clone(), sidecarset_events, namespace);
+    let inplacesets =
+        berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events, args.pod_writes.into());
+    let sidecarsets = berth_sidecarset::controller::run(
+        client.clone(),
+        store.clone(),
+        sidecarset_events,
+        namespace,
+        args.pod_writes.into(),
+    );
     let deadline = Duration::from_secs(args.resize_accept_deadline);
     let resizes =
         berth_resize::controller::run(client.clone(), store, resize_events, deadline, args.resize_node_workers.into());

@@ -9,6 +9,7 @@ use berth_api::{
     sidecarset::{InjectedRevision, injected_revisions},
 };
 use berth_inplace::apply;
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::ControllerRevision,
@@ -58,15 +59,19 @@ pub struct Context {
     recorder: Recorder,
     /// Where the sets' ControllerRevisions live (SidecarSets are cluster-scoped).
     namespace: String,
+    /// Pod writes one set has in flight at once.
+    pod_writes: usize,
 }
 
 /// Runs the controller until a shutdown signal, reading pods from the
-/// manager's shared pod cache; revisions go to `namespace`.
+/// manager's shared pod cache; revisions go to `namespace`; `pod_writes`
+/// bounds the pod writes one set has in flight.
 pub async fn run(
     client: Client,
     pods: Store<Pod>,
     pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     namespace: String,
+    pod_writes: usize,
 ) {
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
@@ -78,6 +83,7 @@ pub async fn run(
         pods,
         recorder: Recorder::new(client.clone(), reporter),
         namespace,
+        pod_writes: pod_writes.max(1),
     });
     let results = Controller::new(Api::<SidecarSet>::all(client), watcher::Config::default())
         // A pod change concerns every set its record names.
@@ -146,10 +152,22 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     };
     let plan = plan::plan(&observed);
     let mut first_error = None;
-    for action in &plan.actions {
-        if let Err(e) = execute(ctx, set, &observed.latest, action).await {
-            warn!(sidecarset = %name, ?action, error = %e, "action failed");
-            first_error.get_or_insert(e);
+    // Actions on distinct pods go out together, up to the limit.
+    for run in berth_inplace::runs::concurrent_runs(&plan.actions, |a| Some(a.pod())) {
+        // Indices, not references: a closure over `&Action` makes the future not Send.
+        let results: Vec<_> = futures::stream::iter(run)
+            .map(|i| {
+                let (latest, action) = (&observed.latest, &plan.actions[i]);
+                async move { (action, execute(ctx, set, latest, action).await) }
+            })
+            .buffered(ctx.pod_writes)
+            .collect()
+            .await;
+        for (action, result) in results {
+            if let Err(e) = result {
+                warn!(sidecarset = %name, ?action, error = %e, "action failed");
+                first_error.get_or_insert(e);
+            }
         }
     }
     let previous = set.status.as_ref();

@@ -104,6 +104,19 @@ pub enum Action {
     OpenGate { namespace: String, name: String },
 }
 
+impl Action {
+    /// `namespace/name` of the pod the action changes.
+    pub fn pod(&self) -> String {
+        match self {
+            Action::Upgrade { namespace, name, .. }
+            | Action::Finish { namespace, name }
+            | Action::OpenGate { namespace, name } => {
+                format!("{namespace}/{name}")
+            }
+        }
+    }
+}
+
 /// Why a pod is not being upgraded; surfaced in status and Events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blocked {

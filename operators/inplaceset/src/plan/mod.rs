@@ -4,6 +4,7 @@ mod claims;
 pub mod order;
 mod repair;
 pub mod rollout;
+pub mod runs;
 mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
