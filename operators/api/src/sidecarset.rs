@@ -269,7 +269,12 @@ pub type InjectedRevisions = BTreeMap<String, InjectedRevision>;
 
 /// Reads a pod's sidecar record from its annotations; absent is empty.
 pub fn injected_revisions(annotations: Option<&BTreeMap<String, String>>) -> Result<InjectedRevisions, String> {
-    match annotations.and_then(|a| a.get(crate::keys::SIDECARSET_REVISIONS)) {
+    injected_revisions_in(annotations.and_then(|a| a.get(crate::keys::SIDECARSET_REVISIONS)).map(String::as_str))
+}
+
+/// [`injected_revisions`] from the annotation's value alone.
+pub fn injected_revisions_in(raw: Option<&str>) -> Result<InjectedRevisions, String> {
+    match raw {
         None => Ok(InjectedRevisions::new()),
         Some(raw) => serde_json::from_str(raw)
             .map_err(|e| format!("annotation {} is not a sidecar record: {e}", crate::keys::SIDECARSET_REVISIONS)),

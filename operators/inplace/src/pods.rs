@@ -1,6 +1,7 @@
 //! The manager's one pod watch, shared by every controller: pods labelled
-//! [`keys::MANAGED`], trimmed of what no controller reads, in one cache that
-//! each controller reads, plus a stream of changed pods per controller.
+//! [`keys::MANAGED`], trimmed of what no controller reads and packed
+//! ([`CachedPod`]), in one cache that each controller reads, plus a stream of
+//! changed pods per controller.
 //!
 //! The fan-out is a broadcast channel rather than kube-runtime's shared
 //! reflector: there, a subscriber that meets an object deleted before it read
@@ -9,48 +10,186 @@
 //! controller that falls behind loses triggers (logged; its periodic
 //! requeue catches up) and never blocks the others; deletions are delivered too.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use berth_api::keys;
 
 /// Changed pods buffered per subscriber; one further behind loses the oldest.
 const BUFFER: usize = 16384;
 
+/// The annotations kept unpacked, for scans over every pod (resize requests
+/// awaiting a decision or overdue; the SidecarSets a pod's record names).
+const SCANNED: [&str; 3] = [keys::RESIZE_STATE, keys::RESIZE_ACCEPTED_AT, keys::SIDECARSET_REVISIONS];
+
+/// The controller owner of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: Box<str>,
+    pub name: Box<str>,
+    pub uid: Box<str>,
+}
+
+/// A pod in the shared cache: what scans over every pod read stays plain
+/// (namespace, name, controller, node, [`SCANNED`] annotations); the rest of
+/// the trimmed pod is packed (JSON, LZ4) and read back with [`CachedPod::pod`].
+/// A k8s-openapi `Pod` costs over 6 KB even with its fields emptied (the
+/// structs are large inline); packed, a pod costs about a tenth of that.
+#[derive(Debug)]
+pub struct CachedPod {
+    namespace: Box<str>,
+    name: Box<str>,
+    controller: Option<Owner>,
+    node: Option<Box<str>>,
+    scanned: Box<[(&'static str, Box<str>)]>,
+    packed: Box<[u8]>,
+}
+
+impl CachedPod {
+    /// Trims `pod` ([`trim`]) and packs it.
+    pub fn new(mut pod: Pod) -> Self {
+        trim(&mut pod);
+        let controller = pod.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| Owner {
+            kind: o.kind.as_str().into(),
+            name: o.name.as_str().into(),
+            uid: o.uid.as_str().into(),
+        });
+        let annotations = pod.annotations();
+        let scanned = SCANNED.iter().filter_map(|&k| annotations.get(k).map(|v| (k, v.as_str().into()))).collect();
+        // Serializing a Pod to JSON cannot fail (string keys, no non-finite floats).
+        let json = serde_json::to_vec(&pod).unwrap_or_default();
+        Self {
+            namespace: pod.metadata.namespace.as_deref().unwrap_or_default().into(),
+            name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+            controller,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).map(Into::into),
+            scanned,
+            packed: lz4_flex::compress_prepend_size(&json).into_boxed_slice(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The owner reference with `controller: true`, if any.
+    pub fn controller(&self) -> Option<&Owner> {
+        self.controller.as_ref()
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// One of the [`SCANNED`] annotations (any other key reads `None`).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.scanned.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v)
+    }
+
+    /// The trimmed pod. Packed by [`CachedPod::new`] from a valid pod, it
+    /// always unpacks; should it not, the pod reads as its name alone.
+    pub fn pod(&self) -> Pod {
+        let unpacked = lz4_flex::decompress_size_prepended(&self.packed)
+            .map_err(|e| e.to_string())
+            .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()));
+        unpacked.unwrap_or_else(|e| {
+            tracing::error!(pod = %self.name, namespace = %self.namespace, error = %e, "cached pod does not unpack");
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(self.name.to_string());
+            pod.metadata.namespace = Some(self.namespace.to_string());
+            pod
+        })
+    }
+
+    /// Bytes this entry holds on the heap (packed pod and plain fields).
+    pub fn heap_bytes(&self) -> usize {
+        let owner = self.controller.as_ref().map_or(0, |o| o.kind.len() + o.name.len() + o.uid.len());
+        let scanned = self.scanned.iter().map(|(_, v)| 16 + v.len()).sum::<usize>();
+        self.namespace.len()
+            + self.name.len()
+            + owner
+            + self.node.as_ref().map_or(0, |n| n.len())
+            + scanned
+            + self.packed.len()
+    }
+}
+
+type Key = (Box<str>, Box<str>);
+
+/// A read handle on the shared pod cache.
+#[derive(Clone)]
+pub struct PodCache {
+    pods: Arc<RwLock<HashMap<Key, Arc<CachedPod>>>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl PodCache {
+    /// Every cached pod (a snapshot).
+    pub fn all(&self) -> Vec<Arc<CachedPod>> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// The pods in `namespace` whose controller has `uid`, unpacked.
+    pub fn controlled_by(&self, namespace: &str, uid: &str) -> Vec<Pod> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        let mine =
+            pods.values().filter(|p| &*p.namespace == namespace && p.controller().is_some_and(|o| &*o.uid == uid));
+        mine.map(|p| p.pod()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once the first full list is in (an empty cache before it
+    /// would look like missing pods); `Err` if the watch ended first.
+    pub async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
+        self.ready.clone().wait_for(|ready| *ready).await.map(|_| ())
+    }
+}
+
 /// The shared pod cache: a store to read, subscriptions to react to changes,
 /// and the watch that fills them (run it once).
 pub struct SharedPods {
-    store: Store<Pod>,
-    writer: Writer<Pod>,
-    changes: broadcast::Sender<Arc<Pod>>,
+    cache: PodCache,
+    ready: watch::Sender<bool>,
+    changes: broadcast::Sender<Arc<CachedPod>>,
 }
 
 impl Default for SharedPods {
     fn default() -> Self {
-        let (store, writer) = reflector::store();
-        Self { store, writer, changes: broadcast::channel(BUFFER).0 }
+        let (ready, ready_rx) = watch::channel(false);
+        let cache = PodCache { pods: Arc::default(), ready: ready_rx };
+        Self { cache, ready, changes: broadcast::channel(BUFFER).0 }
     }
 }
 
 impl SharedPods {
     /// A read handle on the cache.
-    pub fn store(&self) -> Store<Pod> {
-        self.store.clone()
+    pub fn store(&self) -> PodCache {
+        self.cache.clone()
     }
 
     /// The pods that change (applied or deleted) from now on; every controller takes one.
-    pub fn subscribe(&self) -> impl Stream<Item = Arc<Pod>> + Send + 'static {
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<CachedPod>> + Send + 'static {
         futures::stream::unfold(self.changes.subscribe(), |mut rx| async move {
             loop {
                 match rx.recv().await {
@@ -67,21 +206,56 @@ impl SharedPods {
     /// Watches the managed pods until the process ends.
     pub async fn run(self, client: Client) {
         let config = watcher::Config::default().labels(&format!("{}=true", keys::MANAGED));
-        let changes = self.changes;
-        watcher(Api::<Pod>::all(client), config)
-            .default_backoff()
-            .modify(trim)
-            .reflect(self.writer)
-            .touched_objects()
-            .for_each(|event| {
-                match event {
-                    // No subscriber yet is fine: they read the store when they start.
-                    Ok(pod) => drop(changes.send(Arc::new(pod))),
-                    Err(e) => tracing::warn!(error = %e, "pod watch error (retrying)"),
+        let mut relist: Option<HashMap<Key, Arc<CachedPod>>> = None;
+        let mut events = std::pin::pin!(watcher(Api::<Pod>::all(client), config).default_backoff());
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pod watch error (retrying)");
+                    continue;
                 }
-                futures::future::ready(())
-            })
-            .await;
+            };
+            self.apply(event, &mut relist);
+        }
+    }
+
+    /// One watch event into the cache: a relist is buffered whole and then
+    /// replaces the cache (pods gone meanwhile drop out), as kube's reflector.
+    fn apply(&self, event: watcher::Event<Pod>, relist: &mut Option<HashMap<Key, Arc<CachedPod>>>) {
+        let key = |p: &CachedPod| (p.namespace.clone(), p.name.clone());
+        let changed = match event {
+            watcher::Event::Init => {
+                *relist = Some(HashMap::new());
+                None
+            }
+            watcher::Event::InitApply(pod) => {
+                let pod = Arc::new(CachedPod::new(pod));
+                relist.get_or_insert_default().insert(key(&pod), pod.clone());
+                Some(pod)
+            }
+            watcher::Event::InitDone => {
+                if let Some(pods) = relist.take() {
+                    *self.cache.pods.write().unwrap_or_else(|e| e.into_inner()) = pods;
+                }
+                self.ready.send_replace(true);
+                None
+            }
+            watcher::Event::Apply(pod) => {
+                let pod = Arc::new(CachedPod::new(pod));
+                self.cache.pods.write().unwrap_or_else(|e| e.into_inner()).insert(key(&pod), pod.clone());
+                Some(pod)
+            }
+            watcher::Event::Delete(pod) => {
+                let pod = Arc::new(CachedPod::new(pod));
+                self.cache.pods.write().unwrap_or_else(|e| e.into_inner()).remove(&key(&pod));
+                Some(pod)
+            }
+        };
+        // No subscriber yet is fine: they read the cache when they start.
+        if let Some(pod) = changed {
+            drop(self.changes.send(pod));
+        }
     }
 }
 
@@ -139,10 +313,10 @@ fn trim(pod: &mut Pod) {
 mod tests {
     use super::*;
 
-    fn pod(name: &str) -> Arc<Pod> {
+    fn pod(name: &str) -> Arc<CachedPod> {
         let mut p = Pod::default();
         p.metadata.name = Some(name.into());
-        Arc::new(p)
+        Arc::new(CachedPod::new(p))
     }
 
     #[tokio::test]
@@ -152,7 +326,7 @@ mod tests {
         for i in 0..3 {
             shared.changes.send(pod(&format!("p{i}"))).unwrap();
         }
-        let names = |p: Option<Arc<Pod>>| p.and_then(|p| p.metadata.name.clone()).unwrap();
+        let names = |p: Option<Arc<CachedPod>>| p.unwrap().name().to_string();
         assert_eq!(names(a.next().await), "p0");
         assert_eq!(names(a.next().await), "p1");
         assert_eq!(names(a.next().await), "p2");
@@ -164,9 +338,7 @@ mod tests {
         let first = names(b.next().await);
         assert_ne!(first, "p0", "b lost the oldest changes and goes on from there");
         let last = format!("p{}", BUFFER + 9);
-        assert!(
-            b.take(BUFFER).any(|p| futures::future::ready(p.metadata.name.as_deref() == Some(last.as_str()))).await
-        );
+        assert!(b.take(BUFFER).any(|p| futures::future::ready(p.name() == last)).await);
     }
 
     #[test]
@@ -230,5 +402,97 @@ mod tests {
         trim(&mut p);
         assert!(p.metadata.managed_fields.unwrap_or_default().is_empty());
         assert_eq!(p.metadata.annotations.unwrap().into_keys().collect::<Vec<_>>(), ["keep"]);
+    }
+
+    fn managed(ns: &str, name: &str, owner_uid: &str, annotations: serde_json::Value) -> Pod {
+        let conditions: Vec<_> =
+            ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
+                .into_iter()
+                .chain([keys::INPLACE_UPDATE_READY])
+                .map(|t| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": "2026-11-23T05:00:02Z"}))
+                .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "resourceVersion": "12345",
+                "creationTimestamp": "2026-11-23T05:00:00Z",
+                "labels": {"app": "web", keys::MANAGED: "true", keys::INPLACESET_NAME: "web",
+                           keys::CONTROLLER_REVISION_HASH: "web-5d8f7c9b4"},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "name": "web",
+                                     "uid": owner_uid, "controller": true, "blockOwnerDeletion": true}],
+                "managedFields": [{"manager": "berth-manager", "operation": "Update"}]},
+            "spec": {"nodeName": "hollow-node-7", "containers": [{"name": "app", "image": "registry.local/web:1.2.3",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}, "env": [{"name": "A", "value": "1"}]}],
+                "readinessGates": [{"conditionType": keys::INPLACE_UPDATE_READY}]},
+            "status": {"phase": "Running", "startTime": "2026-11-23T05:00:01Z", "podIP": "10.1.2.3",
+                "conditions": conditions,
+                "containerStatuses": [{"name": "app", "image": "registry.local/web:1.2.3", "ready": true,
+                    "imageID": "registry.local/web@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "containerID": "containerd://4f1b2b0b822cd15d6c15b0f00a089f86d081884c7d659a2feaa0c55ad015a3bf",
+                    "restartCount": 0, "started": true, "state": {"running": {"startedAt": "2026-11-23T05:00:02Z"}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cached_pod_unpacks_to_the_trimmed_pod_and_keeps_what_scans_read() {
+        let full =
+            managed("prod", "web-0", "set-uid", serde_json::json!({keys::RESIZE_STATE: "Created", "other": "x"}));
+        let mut trimmed = full.clone();
+        trim(&mut trimmed);
+        let cached = CachedPod::new(full.clone());
+        assert_eq!(cached.pod(), trimmed);
+        assert_eq!((cached.namespace(), cached.name(), cached.node()), ("prod", "web-0", Some("hollow-node-7")));
+        let owner = cached.controller().unwrap();
+        assert_eq!((&*owner.kind, &*owner.name, &*owner.uid), ("InplaceSet", "web", "set-uid"));
+        assert_eq!(cached.annotation(keys::RESIZE_STATE), Some("Created"));
+        assert_eq!(cached.annotation("other"), None, "only the scanned annotations are plain");
+        // A typical managed pod costs well under the 2 KiB goal (the full Pod struct alone is over 2 KiB inline).
+        let total = std::mem::size_of::<CachedPod>() + cached.heap_bytes();
+        assert!(total < 1400, "cached pod costs {total} bytes");
+    }
+
+    #[test]
+    fn the_cache_follows_the_watch_and_a_relist_replaces_it() {
+        let shared = SharedPods::default();
+        let cache = shared.store();
+        let mut relist = None;
+        let pod = |name: &str, uid: &str| managed("prod", name, uid, serde_json::json!({}));
+        shared.apply(watcher::Event::Init, &mut relist);
+        shared.apply(watcher::Event::InitApply(pod("web-0", "a")), &mut relist);
+        shared.apply(watcher::Event::InitApply(pod("web-1", "a")), &mut relist);
+        assert!(cache.is_empty(), "nothing is visible before the list is complete");
+        shared.apply(watcher::Event::InitDone, &mut relist);
+        assert_eq!(cache.len(), 2);
+        shared.apply(watcher::Event::Apply(pod("other-0", "b")), &mut relist);
+        let names = |uid| {
+            let mut n: Vec<_> = cache.controlled_by("prod", uid).into_iter().map(|p| p.name_any()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names("a"), ["web-0", "web-1"]);
+        assert_eq!(names("b"), ["other-0"]);
+        assert!(cache.controlled_by("staging", "a").is_empty());
+        shared.apply(watcher::Event::Delete(pod("web-0", "a")), &mut relist);
+        assert_eq!(names("a"), ["web-1"]);
+        // A relist without web-1 (deleted while the watch was down) drops it.
+        shared.apply(watcher::Event::Init, &mut relist);
+        shared.apply(watcher::Event::InitApply(pod("other-0", "b")), &mut relist);
+        assert_eq!(cache.len(), 2, "the old cache serves until the relist completes");
+        shared.apply(watcher::Event::InitDone, &mut relist);
+        assert!(names("a").is_empty());
+        assert_eq!(names("b"), ["other-0"]);
+    }
+
+    #[tokio::test]
+    async fn ready_once_the_first_list_is_in() {
+        let shared = SharedPods::default();
+        let cache = shared.store();
+        let mut relist = None;
+        let waiting = tokio::spawn(async move { cache.wait_until_ready().await });
+        shared.apply(watcher::Event::Init, &mut relist);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        shared.apply(watcher::Event::InitDone, &mut relist);
+        assert!(waiting.await.unwrap().is_ok());
     }
 }

@@ -9,7 +9,10 @@ use berth_api::{
     inplaceset::{PodManagementPolicy, RolloutStatus, claim_ordinal},
     keys,
 };
-use berth_inplace::revision::revision_name;
+use berth_inplace::{
+    pods::{CachedPod, PodCache},
+    revision::revision_name,
+};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
@@ -26,7 +29,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -55,7 +58,7 @@ pub enum Error {
 
 pub struct Context {
     pub(crate) client: Client,
-    pods: Store<Pod>,
+    pods: PodCache,
     claims: Store<PersistentVolumeClaim>,
     recorder: Recorder,
     /// Pod writes (creations, in-place steps) in flight at once for one set.
@@ -68,8 +71,8 @@ pub struct Context {
 /// [`crate::plan::runs`]).
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
-    pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    pods: PodCache,
+    pod_events: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
     pod_writes: usize,
 ) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
@@ -98,10 +101,16 @@ pub async fn run(
         return;
     }
     let results = Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
-        .owns_shared_stream(pod_events)
+        .reconcile_on(pod_events.filter_map(|pod| futures::future::ready(owner_of(&pod))))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     berth_inplace::controllers::run_logged(results, "inplaceset").await;
+}
+
+/// The InplaceSet controlling `pod`, to reconcile when it changes.
+fn owner_of(pod: &CachedPod) -> Option<ObjectRef<InplaceSet>> {
+    let owner = pod.controller()?;
+    (&*owner.kind == "InplaceSet").then(|| ObjectRef::new(&owner.name).within(pod.namespace()))
 }
 
 fn error_policy(set: Arc<InplaceSet>, error: &Error, _: Arc<Context>) -> Requeue {
@@ -131,14 +140,10 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         result => result?,
     };
 
-    let uid = set.uid();
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|p| p.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true)))
-        .collect();
+    let owned = match set.uid() {
+        Some(uid) => ctx.pods.controlled_by(&ns, &uid),
+        None => Vec::new(),
+    };
     let mut pods = Vec::new();
     for p in &owned {
         match PodView::from_pod(&name, p) {

@@ -21,7 +21,6 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use clap::Parser;
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -68,7 +67,7 @@ enum Command {
     Audit(audit::Args),
 }
 
-type PodEvents = Pin<Box<dyn Stream<Item = Arc<Pod>> + Send>>;
+type PodEvents = Pin<Box<dyn Stream<Item = Arc<berth_inplace::pods::CachedPod>> + Send>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use berth_api::{keys, resize::ResizeState};
+use berth_inplace::pods::{CachedPod, PodCache};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::core::v1::{Node, Pod},
@@ -16,25 +17,21 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    runtime::{
-        events::{Event, EventType, Recorder, Reporter},
-        reflector::Store,
-    },
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::feasibility::{decide_node, overdue, resize_of};
+use crate::feasibility::{decide_node, overdue};
 
 pub const FIELD_MANAGER: &str = "berth-manager";
 /// How often every cached pod is looked at again, in case a change was missed.
 const RESYNC: Duration = Duration::from_secs(10);
 
 /// The node of a pod waiting for a decision.
-fn waiting_node(pod: &Pod) -> Option<String> {
-    matches!(resize_of(pod), Some((ResizeState::Created, _)))
-        .then(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
-        .flatten()
+fn waiting_node(pod: &CachedPod) -> Option<String> {
+    let state = pod.annotation(keys::RESIZE_STATE)?.parse::<ResizeState>().ok()?;
+    (state == ResizeState::Created).then(|| pod.node().map(String::from)).flatten()
 }
 
 /// Decides requests until the process ends: `pods` is the manager's shared
@@ -42,8 +39,8 @@ fn waiting_node(pod: &Pod) -> Option<String> {
 /// `node_workers` nodes are decided at once (at least one).
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
-    changes: impl Stream<Item = Arc<Pod>> + Send + 'static,
+    pods: PodCache,
+    changes: impl Stream<Item = Arc<CachedPod>> + Send + 'static,
     deadline: Duration,
     node_workers: usize,
 ) {
@@ -57,7 +54,7 @@ pub async fn run(
     let noticed = changes.filter_map(|pod| futures::future::ready(waiting_node(&pod).map(|n| BTreeSet::from([n]))));
     let resync = futures::stream::unfold(pods.clone(), |pods| async move {
         tokio::time::sleep(RESYNC).await;
-        let nodes: BTreeSet<String> = pods.state().iter().filter_map(|p| waiting_node(p)).collect();
+        let nodes: BTreeSet<String> = pods.all().iter().filter_map(|p| waiting_node(p)).collect();
         Some((nodes, pods))
     });
     let deadline = SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX);
@@ -132,9 +129,11 @@ async fn write_decision(
 
 /// Accepted requests the node agent never finished: Failed with the reason
 /// (the manager's Expire transition), so none stays Accepted forever.
-async fn expire(client: &Client, recorder: &Recorder, pods: &Store<Pod>, deadline: SignedDuration) {
+async fn expire(client: &Client, recorder: &Recorder, pods: &PodCache, deadline: SignedDuration) {
     let now = Timestamp::now();
-    for pod in pods.state() {
+    // Only pods with a request are unpacked.
+    let requests = pods.all().into_iter().filter(|p| p.annotation(keys::RESIZE_STATE).is_some());
+    for pod in requests.map(|p| p.pod()) {
         let Some(why) = overdue(&pod, now, deadline) else { continue };
         let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
             keys::RESIZE_STATE: ResizeState::Failed.as_str(), keys::RESIZE_MESSAGE: why}}});

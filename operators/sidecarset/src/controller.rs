@@ -6,9 +6,12 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use berth_api::{
     SidecarSet, keys,
-    sidecarset::{InjectedRevision, injected_revisions},
+    sidecarset::{InjectedRevision, injected_revisions, injected_revisions_in},
 };
-use berth_inplace::apply;
+use berth_inplace::{
+    apply,
+    pods::{CachedPod, PodCache},
+};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
@@ -26,7 +29,7 @@ use kube::{
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalize, finalizer},
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -55,7 +58,7 @@ pub enum Error {
 
 pub struct Context {
     client: Client,
-    pods: Store<Pod>,
+    pods: PodCache,
     recorder: Recorder,
     /// Where the sets' ControllerRevisions live (SidecarSets are cluster-scoped).
     namespace: String,
@@ -68,8 +71,8 @@ pub struct Context {
 /// bounds the pod writes one set has in flight.
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
-    pod_events: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    pods: PodCache,
+    pod_events: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
     namespace: String,
     pod_writes: usize,
 ) {
@@ -87,10 +90,10 @@ pub async fn run(
     });
     let results = Controller::new(Api::<SidecarSet>::all(client), watcher::Config::default())
         // A pod change concerns every set its record names.
-        .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
-            let records = injected_revisions(pod.metadata.annotations.as_ref()).unwrap_or_default();
-            records.into_keys().map(|name| ObjectRef::new(&name)).collect::<Vec<_>>()
-        })
+        .reconcile_on(pod_events.flat_map(|pod| {
+            let records = injected_revisions_in(pod.annotation(keys::SIDECARSET_REVISIONS)).unwrap_or_default();
+            futures::stream::iter(records.into_keys().map(|name| ObjectRef::new(&name)).collect::<Vec<_>>())
+        }))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     berth_inplace::controllers::run_logged(results, "sidecarset").await;
@@ -113,12 +116,16 @@ async fn reconcile(set: Arc<SidecarSet>, ctx: Arc<Context>) -> Result<Requeue, E
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// The pods `name` injected, from the shared cache.
+/// The pods `name` injected, from the shared cache (only those are unpacked).
 fn pods_of(ctx: &Context, name: &str) -> Vec<SidecarPod> {
+    let names_set = |p: &CachedPod| {
+        injected_revisions_in(p.annotation(keys::SIDECARSET_REVISIONS)).map_or(true, |r| r.contains_key(name))
+    };
     ctx.pods
-        .state()
+        .all()
         .iter()
-        .filter_map(|p| match SidecarPod::from_pod(name, p) {
+        .filter(|p| names_set(p))
+        .filter_map(|p| match SidecarPod::from_pod(name, &p.pod()) {
             Ok(view) => view,
             Err(e) => {
                 warn!(sidecarset = %name, error = %e, "ignoring pod");
