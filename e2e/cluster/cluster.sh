@@ -13,6 +13,7 @@
 #
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
 # HOLLOW_MAX_PODS (pods each hollow node accepts, default 110, as a kubelet's).
+# HOLLOW_NODES_PER_FLEET (hollow nodes per fleet process; default from the open-files limit).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -230,20 +231,41 @@ cmd_up() {
 }
 
 # cmd_nodes N: one more hollow-fleet process with N nodes, named after those that exist.
+# Each hollow kubelet holds inotify instances (static pods, plugin watcher);
+# the default limit of 128 per user stops a fleet of ~60 nodes at start-up.
+raise_inotify_limit() {
+  local want=$(( 4 * $1 + 512 )) file=/proc/sys/fs/inotify/max_user_instances
+  if (( $(cat "$file") < want )); then
+    if echo "$want" >"$file" 2>/dev/null; then
+      log "fs.inotify.max_user_instances raised to $want for $1 hollow nodes"
+    else
+      log "WARNING: fs.inotify.max_user_instances is $(cat "$file"); $1 hollow nodes need about $want (run as root or raise it)"
+    fi
+  fi
+}
+
 cmd_nodes() {
   local count="$1" first=0 fleet=0
   while [[ -f "$PIDS/hollow-fleet-$fleet.pid" ]]; do
     first=$((first + $(cat "$STATE/hollow-fleet-$fleet.count"))); fleet=$((fleet + 1))
   done
-  local name="hollow-fleet-$fleet"
-  echo "$count" >"$STATE/$name.count"
-  log "$name: $count hollow nodes (hollow-node-$first..$((first + count - 1)))"
-  start "$name" hollow-fleet --count "$count" --first-index "$first" \
-    --first-port "$(free_port_range "$count")" \
-    --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
-    --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" --v 1
-  local want=$((first + count))
-  wait_for "$name" $((60 + count / 5)) nodes_ready "$want"
+  raise_inotify_limit $((first + count))
+  ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+  # A hollow node holds about 20 descriptors (sockets, watches): one fleet
+  # process per HOLLOW_NODES_PER_FLEET nodes keeps each well under the open-files limit.
+  local per=${HOLLOW_NODES_PER_FLEET:-$(( ($(ulimit -Sn) - 1024) / 64 ))}
+  (( per >= 1 )) || per=1
+  while (( count > 0 )); do
+    local n=$(( count < per ? count : per )) name="hollow-fleet-$fleet"
+    echo "$n" >"$STATE/$name.count"
+    log "$name: $n hollow nodes (hollow-node-$first..$((first + n - 1)))"
+    start "$name" hollow-fleet --count "$n" --first-index "$first" \
+      --first-port "$(free_port_range "$n")" \
+      --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
+      --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" --v 1
+    first=$((first + n)); fleet=$((fleet + 1)); count=$((count - n))
+    wait_for "$name" $((60 + n / 5)) nodes_ready "$first"
+  done
 }
 
 nodes_ready() {

@@ -137,6 +137,13 @@ func startNode(ctx context.Context, cfg *fleetConfig, signer *caSigner, name str
 		MaxPods:             cfg.maxPods,
 		NodeLabels:          map[string]string{"berth.dev/hollow-node": "true"},
 	})
+	// kubemark sets the kubelet's open-files limit to 1024, and each hollow
+	// kubelet applies it to the whole fleet process (~20 descriptors a node):
+	// keep the limit the process was given instead.
+	var nofile syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err == nil && nofile.Max > uint64(kc.MaxOpenFiles) {
+		kc.MaxOpenFiles = int64(nofile.Max)
+	}
 	// kubemark makes temp dirs under /tmp; keep everything under the state dir.
 	_ = os.RemoveAll(flags.RootDirectory)
 	root := filepath.Join(cfg.stateDir, name)
