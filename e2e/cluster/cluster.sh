@@ -264,7 +264,7 @@ cmd_nodes() {
       --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
       --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" --v 1
     first=$((first + n)); fleet=$((fleet + 1)); count=$((count - n))
-    wait_for "$name" $((60 + n / 5)) nodes_ready "$first"
+    wait_for "$name" $((60 + n / 2)) nodes_ready "$first"
   done
 }
 

@@ -108,7 +108,11 @@ fn add_nodes(n: usize) -> Result<()> {
 pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report> {
     let ns = BenchNamespace::create(client, "cache", run_id).await?;
     let result = search(client, &ns, opts).await;
-    ns.delete(opts.timeout * 4).await?;
+    // Tens of thousands of pods on a loaded cluster can take many minutes to
+    // go; the scenario runs last and the cluster is torn down after it.
+    if let Err(e) = ns.delete(Duration::from_secs(120)).await {
+        eprintln!("[bench] cache: {e:#}; left to the cluster teardown");
+    }
     result
 }
 
