@@ -143,12 +143,16 @@ impl PodCache {
         self.pods.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    /// The pods in `namespace` whose controller has `uid`, unpacked.
+    /// The pods in `namespace` whose controller has `uid`, unpacked outside
+    /// the lock (a large set's unpacking would hold up the watch).
     pub fn controlled_by(&self, namespace: &str, uid: &str) -> Vec<Pod> {
-        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-        let mine =
-            pods.values().filter(|p| &*p.namespace == namespace && p.controller().is_some_and(|o| &*o.uid == uid));
-        mine.map(|p| p.pod()).collect()
+        let mine: Vec<Arc<CachedPod>> = {
+            let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+            let owned =
+                |p: &&Arc<CachedPod>| &*p.namespace == namespace && p.controller().is_some_and(|o| &*o.uid == uid);
+            pods.values().filter(owned).cloned().collect()
+        };
+        mine.iter().map(|p| p.pod()).collect()
     }
 
     pub fn len(&self) -> usize {
