@@ -138,21 +138,18 @@ pub struct PodCache {
 }
 
 impl PodCache {
-    /// Every cached pod (a snapshot).
-    pub fn all(&self) -> Vec<Arc<CachedPod>> {
-        self.pods.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    /// The cached pods `keep` accepts (a snapshot). Only the matches are
+    /// copied out of the lock: a scan of 300k pods for the few with a resize
+    /// request copies the few.
+    pub fn matching(&self, keep: impl Fn(&CachedPod) -> bool) -> Vec<Arc<CachedPod>> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner()).values().filter(|p| keep(p)).cloned().collect()
     }
 
     /// The pods in `namespace` whose controller has `uid`, unpacked outside
     /// the lock (a large set's unpacking would hold up the watch).
     pub fn controlled_by(&self, namespace: &str, uid: &str) -> Vec<Pod> {
-        let mine: Vec<Arc<CachedPod>> = {
-            let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-            let owned =
-                |p: &&Arc<CachedPod>| &*p.namespace == namespace && p.controller().is_some_and(|o| &*o.uid == uid);
-            pods.values().filter(owned).cloned().collect()
-        };
-        mine.iter().map(|p| p.pod()).collect()
+        let owned = |p: &CachedPod| &*p.namespace == namespace && p.controller().is_some_and(|o| &*o.uid == uid);
+        self.matching(owned).iter().map(|p| p.pod()).collect()
     }
 
     pub fn len(&self) -> usize {

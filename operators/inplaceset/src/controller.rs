@@ -110,7 +110,7 @@ pub async fn run(
 /// The InplaceSet controlling `pod`, to reconcile when it changes.
 fn owner_of(pod: &CachedPod) -> Option<ObjectRef<InplaceSet>> {
     let owner = pod.controller()?;
-    (&*owner.kind == "InplaceSet").then(|| ObjectRef::new(&owner.name).within(pod.namespace()))
+    (*owner.kind == *InplaceSet::kind(&())).then(|| ObjectRef::new(&owner.name).within(pod.namespace()))
 }
 
 fn error_policy(set: Arc<InplaceSet>, error: &Error, _: Arc<Context>) -> Requeue {

@@ -54,7 +54,8 @@ pub async fn run(
     let noticed = changes.filter_map(|pod| futures::future::ready(waiting_node(&pod).map(|n| BTreeSet::from([n]))));
     let resync = futures::stream::unfold(pods.clone(), |pods| async move {
         tokio::time::sleep(RESYNC).await;
-        let nodes: BTreeSet<String> = pods.all().iter().filter_map(|p| waiting_node(p)).collect();
+        let requests = pods.matching(|p| p.annotation(keys::RESIZE_STATE).is_some());
+        let nodes: BTreeSet<String> = requests.iter().filter_map(|p| waiting_node(p)).collect();
         Some((nodes, pods))
     });
     let deadline = SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX);
@@ -132,8 +133,8 @@ async fn write_decision(
 async fn expire(client: &Client, recorder: &Recorder, pods: &PodCache, deadline: SignedDuration) {
     let now = Timestamp::now();
     // Only pods with a request are unpacked.
-    let requests = pods.all().into_iter().filter(|p| p.annotation(keys::RESIZE_STATE).is_some());
-    for pod in requests.map(|p| p.pod()) {
+    let requests = pods.matching(|p| p.annotation(keys::RESIZE_STATE).is_some());
+    for pod in requests.iter().map(|p| p.pod()) {
         let Some(why) = overdue(&pod, now, deadline) else { continue };
         let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
             keys::RESIZE_STATE: ResizeState::Failed.as_str(), keys::RESIZE_MESSAGE: why}}});

@@ -122,7 +122,7 @@ fn pods_of(ctx: &Context, name: &str) -> Vec<SidecarPod> {
         injected_revisions_in(p.annotation(keys::SIDECARSET_REVISIONS)).map_or(true, |r| r.contains_key(name))
     };
     ctx.pods
-        .all()
+        .matching(|p| p.annotation(keys::SIDECARSET_REVISIONS).is_some())
         .iter()
         .filter(|p| names_set(p))
         .filter_map(|p| match SidecarPod::from_pod(name, &p.pod()) {
