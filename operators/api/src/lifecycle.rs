@@ -27,11 +27,19 @@ pub enum LifecycleState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LifecycleEvent {
     PreNormalHookCleared,
+    /// An update chosen for a pod a `preUpdate` hook will hold.
     UpdateRequested,
     PreUpdateHookCleared,
+    /// An update begins on a pod no `preUpdate` hook holds: straight to
+    /// Updating, in the same write as the new containers.
+    UpdateStarted,
     /// The update target reverted to the pod's own revision before it began.
     UpdateCancelled,
+    /// The update completed on a pod a `postUpdate` hook will hold.
     UpdateCompleted,
+    /// The update completed and no `postUpdate` hook holds the pod: straight
+    /// back to Normal, in the same write that drops the update record.
+    UpdateFinished,
     PostUpdateHookCleared,
     DeleteRequested,
     /// A scale-up reclaimed a pod that was waiting to be deleted.
@@ -74,6 +82,12 @@ impl LifecycleState {
         if has_pre_normal_hook { Self::PreparingNormal } else { Self::Normal }
     }
 
+    /// Where a pod goes once its update completed: held in Updated by a
+    /// `postUpdate` hook, else straight back to Normal.
+    pub const fn after_update(has_post_update_hook: bool) -> Self {
+        if has_post_update_hook { Self::Updated } else { Self::Normal }
+    }
+
     /// The one transition function: the state after `event`, or why not.
     pub fn on(self, event: LifecycleEvent) -> Result<Self, LifecycleError> {
         use LifecycleEvent as E;
@@ -81,9 +95,11 @@ impl LifecycleState {
         let next = match (self, event) {
             (S::PreparingNormal, E::PreNormalHookCleared) => S::Normal,
             (S::Normal, E::UpdateRequested) => S::PreparingUpdate,
+            (S::Normal, E::UpdateStarted) => S::Updating,
             (S::PreparingUpdate, E::PreUpdateHookCleared) => S::Updating,
             (S::PreparingUpdate, E::UpdateCancelled) => S::Normal,
             (S::Updating, E::UpdateCompleted) => S::Updated,
+            (S::Updating, E::UpdateFinished) => S::Normal,
             (S::Updated, E::PostUpdateHookCleared) => S::Normal,
             (S::PreparingDelete, E::DeleteCancelled) => S::Normal,
             (S::PreparingDelete, E::DeleteRequested) => {
@@ -124,12 +140,14 @@ impl LifecycleState {
 }
 
 impl LifecycleEvent {
-    pub const ALL: [LifecycleEvent; 8] = [
+    pub const ALL: [LifecycleEvent; 10] = [
         Self::PreNormalHookCleared,
         Self::UpdateRequested,
         Self::PreUpdateHookCleared,
+        Self::UpdateStarted,
         Self::UpdateCancelled,
         Self::UpdateCompleted,
+        Self::UpdateFinished,
         Self::PostUpdateHookCleared,
         Self::DeleteRequested,
         Self::DeleteCancelled,
@@ -159,11 +177,13 @@ mod tests {
             (S::PreparingNormal, E::PreNormalHookCleared) => Some(S::Normal),
             (S::PreparingNormal, E::DeleteRequested) => Some(S::PreparingDelete),
             (S::Normal, E::UpdateRequested) => Some(S::PreparingUpdate),
+            (S::Normal, E::UpdateStarted) => Some(S::Updating),
             (S::Normal, E::DeleteRequested) => Some(S::PreparingDelete),
             (S::PreparingUpdate, E::PreUpdateHookCleared) => Some(S::Updating),
             (S::PreparingUpdate, E::UpdateCancelled) => Some(S::Normal),
             (S::PreparingUpdate, E::DeleteRequested) => Some(S::PreparingDelete),
             (S::Updating, E::UpdateCompleted) => Some(S::Updated),
+            (S::Updating, E::UpdateFinished) => Some(S::Normal),
             (S::Updating, E::DeleteRequested) => Some(S::PreparingDelete),
             (S::Updated, E::PostUpdateHookCleared) => Some(S::Normal),
             (S::Updated, E::DeleteRequested) => Some(S::PreparingDelete),
@@ -189,7 +209,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal, 12, "number of legal transitions");
+        assert_eq!(legal, 14, "number of legal transitions");
     }
 
     #[test]
@@ -206,6 +226,16 @@ mod tests {
         }
         assert_eq!(s, S::Normal);
         assert_eq!(S::initial(false), S::Normal);
+    }
+
+    #[test]
+    fn an_update_without_hooks_skips_the_holding_states() {
+        let s = S::Normal.on(E::UpdateStarted).unwrap();
+        assert_eq!(s, S::Updating);
+        assert_eq!(s.on(E::UpdateFinished), Ok(S::Normal));
+        // A pod held before the update cannot skip its hook's release.
+        assert!(S::PreparingUpdate.on(E::UpdateStarted).is_err());
+        assert!(S::Updated.on(E::UpdateFinished).is_err());
     }
 
     #[test]
@@ -229,7 +259,7 @@ mod tests {
         let err = S::check_change(Some(S::Normal), Some(S::Updated)).unwrap_err().to_string();
         assert_eq!(
             err,
-            "lifecycle state cannot change from Normal to Updated; from Normal it may become: PreparingUpdate, PreparingDelete"
+            "lifecycle state cannot change from Normal to Updated; from Normal it may become: PreparingUpdate, Updating, PreparingDelete"
         );
     }
 

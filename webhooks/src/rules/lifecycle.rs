@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(
             err,
             "berth.dev/lifecycle-state: lifecycle state cannot change from Normal to Updated; \
-             from Normal it may become: PreparingUpdate, PreparingDelete"
+             from Normal it may become: PreparingUpdate, Updating, PreparingDelete"
         );
         assert!(check(MANAGER, Some("Normal"), None).unwrap_err().contains("from Normal to (none)"));
         let unknown = check(MANAGER, Some("Normal"), Some("normal")).unwrap_err();

@@ -188,10 +188,11 @@ pub fn plan(observed: &Observed) -> Plan {
             Some(LifecycleState::PreparingDelete) if wanted.contains(&pod.ordinal) => {
                 pod.revision.as_deref() == Some(o.update_revision.as_str()) || below_partition(pod)
             }
-            // The finish removed the update state but the move to Updated did not land.
+            // The update record is gone but the move out of Updating did not land (a pod finished before one write did both).
             Some(LifecycleState::Updating) if matches!(pod.progress, Progress::Idle) => {
                 let hook = hooks.post_update.clone();
-                out.actions.push(Action::Transition { name: pod.name.clone(), to: LifecycleState::Updated, hook });
+                let to = LifecycleState::after_update(hook.is_some());
+                out.actions.push(Action::Transition { name: pod.name.clone(), to, hook });
                 false
             }
             _ => false,

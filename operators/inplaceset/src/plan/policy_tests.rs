@@ -282,9 +282,11 @@ fn a_recreate_update_goes_through_the_pre_delete_hook() {
 }
 
 #[test]
-fn an_update_finished_half_way_moves_on_to_updated() {
+fn an_update_finished_half_way_leaves_updating() {
     let mut pods = ready_pods(2, "r2");
     pods[1].lifecycle = Some(LifecycleState::Updating);
-    let p = plan(&observed(spec(2, json!({})), pods));
-    assert_eq!(summary(&p), ["web-1 -> Updated"]);
+    // No postUpdate hook: straight back to Normal; with one: held in Updated.
+    assert_eq!(summary(&plan(&observed(spec(2, json!({})), pods.clone()))), ["web-1 -> Normal"]);
+    let hook = json!({"lifecycle": {"postUpdate": {"labels": {"example.com/check": "true"}}}});
+    assert_eq!(summary(&plan(&observed(spec(2, hook), pods))), ["web-1 -> Updated (hooked)"]);
 }
