@@ -45,6 +45,9 @@ struct Args {
     /// Pods of the scale 0 -> M scenario.
     #[arg(long, default_value_t = 2000)]
     scale_pods: usize,
+    /// Rounds of the scale scenario (each kind's median round is reported; the order rotates).
+    #[arg(long, default_value_t = 3)]
+    scale_rounds: usize,
     /// Requests in flight when the bench creates pods (the plain-client baseline, the cache filler).
     #[arg(long, default_value_t = 16)]
     create_concurrency: usize,
@@ -198,7 +201,12 @@ async fn main() -> Result<()> {
         scale::run(
             &client,
             &run,
-            &scale::Options { pods: args.scale_pods, concurrency: args.create_concurrency, timeout }
+            &scale::Options {
+                pods: args.scale_pods,
+                concurrency: args.create_concurrency,
+                rounds: args.scale_rounds,
+                timeout
+            }
         )
         .await
     );
@@ -331,6 +339,14 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
             i.pods_per_second,
             Some((t.pods_per_second, "StatefulSet Parallel")),
             Goal::RatioAtLeast { limit: 1.5 },
+        ));
+        let each = |f: fn(&scale::Round) -> f64| r.rounds.iter().map(|x| format!("{:.0}", f(x))).collect::<Vec<_>>();
+        notes.push(format!(
+            "scale: median of {} rounds; pods/s per round: plain client {:?}, InplaceSet {:?}, StatefulSet {:?}",
+            r.rounds.len(),
+            each(|x| x.plain_client),
+            each(|x| x.inplaceset),
+            each(|x| x.statefulset)
         ));
     }
     if let Some(w) = &s.webhook

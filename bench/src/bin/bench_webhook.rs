@@ -11,7 +11,9 @@
 //! 2. Pod create latency through the apiserver with the injection webhook
 //!    (pods injected; and pods sent to the webhook but matched by no
 //!    SidecarSet) against pods in a namespace the webhook configuration
-//!    excludes (the apiserver never calls it), phases interleaved.
+//!    excludes (the apiserver never calls it), phases interleaved. A fourth
+//!    phase creates, in that namespace, the pod exactly as injection left it
+//!    (sidecars in the request): the apiserver's cost of the larger pod alone.
 //!
 //! Prints one table and writes it as JSON (default target/bench/webhook.json);
 //! deletes what it created.
@@ -33,7 +35,10 @@ use berth_bench::{
 use berth_e2e::sidecarset::{containers, injection_is, mutating_webhook_endpoint};
 use clap::Parser;
 use hyper::{Method, body::Bytes};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, PostParams},
@@ -172,6 +177,29 @@ fn bench_pod(name: &str, run: &str) -> Result<Pod> {
             "schedulingGates": [{"name": "berth.dev/bench"}]
         }
     }))?)
+}
+
+/// `pod` as its client would have sent it: only its labels, annotations and
+/// spec, without what the apiserver added (the service account token volume
+/// comes again on create).
+fn as_created_by_a_client(pod: &Pod) -> Pod {
+    let token = |name: &str| name.starts_with("kube-api-access-");
+    let mut spec = pod.spec.clone().unwrap_or_default();
+    spec.volumes.get_or_insert_default().retain(|v| !token(&v.name));
+    let containers = spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten());
+    for c in containers {
+        c.volume_mounts.get_or_insert_default().retain(|m| !token(&m.name));
+    }
+    spec.node_name = None;
+    Pod {
+        metadata: ObjectMeta {
+            labels: pod.metadata.labels.clone(),
+            annotations: pod.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
 }
 
 /// Like the e2e injection suite's: a native sidecar proxy, and a log agent
@@ -400,6 +428,8 @@ struct PhaseReport {
 struct Phase {
     name: &'static str,
     namespace: String,
+    /// The pod created (each under its own name).
+    template: Pod,
     injected: bool,
     samples: Vec<u64>,
     failed: usize,
@@ -413,8 +443,8 @@ struct Phase {
 async fn create_pods(
     client: &Client,
     ns: &str,
-    run: &str,
-    tag: &str,
+    (run, tag): (&str, &str),
+    template: &Pod,
     count: usize,
     creators: usize,
     injected: bool,
@@ -425,10 +455,12 @@ async fn create_pods(
         let api = api.clone();
         let share: Vec<usize> = (c..count).step_by(creators).collect();
         let (run, tag) = (run.to_string(), tag.to_string());
+        let template = template.clone();
         async move {
             let (mut samples, mut failed, mut first, mut wrong) = (vec![], 0, None, 0);
             for i in share {
-                let pod = bench_pod(&format!("bench-{run}-{tag}-{i}"), &run)?;
+                let mut pod = template.clone();
+                pod.metadata.name = Some(format!("bench-{run}-{tag}-{i}"));
                 let started = Instant::now();
                 let result = api.create(&PostParams::default(), &pod).await;
                 let took = micros(started.elapsed());
@@ -467,12 +499,18 @@ async fn pod_phases(
     run: &str,
     pid: Option<u32>,
 ) -> Result<BTreeMap<&'static str, PhaseReport>> {
-    let phase =
-        |name, namespace: &str, injected| Phase { name, namespace: namespace.into(), injected, ..Default::default() };
+    let plain = bench_pod("", run)?;
+    let phase = |name, namespace: &str, template: &Pod, injected| Phase {
+        name,
+        namespace: namespace.into(),
+        template: template.clone(),
+        injected,
+        ..Default::default()
+    };
     let mut phases = vec![
-        phase("injected", inject_ns, true),
-        phase("webhook_no_match", plain_ns, false),
-        phase("no_webhook", &args.baseline_namespace, false),
+        phase("injected", inject_ns, &plain, true),
+        phase("webhook_no_match", plain_ns, &plain, false),
+        phase("no_webhook", &args.baseline_namespace, &plain, false),
     ];
     let ticks = clock_ticks();
     // Warm the client's connections and the apiserver's caches for each namespace.
@@ -480,14 +518,30 @@ async fn pod_phases(
         create_pods(
             client,
             &p.namespace,
-            run,
-            &format!("{}-warm", p.name.replace('_', "-")),
+            (run, &format!("{}-warm", p.name.replace('_', "-"))),
+            &p.template,
             2 * args.creators,
             args.creators,
             p.injected,
         )
         .await?;
     }
+    // The pod as injection left it, created where no webhook runs: what a pod
+    // of that size costs the apiserver alone.
+    let injected: Api<Pod> = Api::namespaced(client.clone(), inject_ns);
+    let sample = injected.get(&format!("bench-{run}-injected-warm-0")).await.context("an injected warm-up pod")?;
+    let presized = phase("no_webhook_presized", &args.baseline_namespace, &as_created_by_a_client(&sample), true);
+    create_pods(
+        client,
+        &presized.namespace,
+        (run, "presized-warm"),
+        &presized.template,
+        args.creators,
+        args.creators,
+        true,
+    )
+    .await?;
+    phases.push(presized);
     let rounds = args.pod_rounds.max(1);
     for round in 0..rounds {
         let count = args.pods / rounds + usize::from(round < args.pods % rounds);
@@ -506,8 +560,8 @@ async fn pod_phases(
             let (samples, failed, first, wrong) = create_pods(
                 client,
                 &p.namespace,
-                run,
-                &format!("{}-{round}", p.name.replace('_', "-")),
+                (run, &format!("{}-{round}", p.name.replace('_', "-"))),
+                &p.template,
                 count,
                 args.creators,
                 p.injected,
@@ -619,7 +673,7 @@ fn rows(args: &Args, load: Option<&LoadReport>, pods: Option<&BTreeMap<&'static 
     if let Some(p) = pods {
         let base = &p["no_webhook"].create;
         for (phase, label) in [("injected", "injected"), ("webhook_no_match", "webhook, no match")] {
-            let c = &p[phase].create;
+            let Some(c) = p.get(phase).map(|p| &p.create) else { continue };
             for (what, v, b) in [("p50", c.p50_us, base.p50_us), ("p99", c.p99_us, base.p99_us)] {
                 let goal = if phase == "injected" { Goal::RatioBelow { limit: 1.10 } } else { Goal::None };
                 rows.push(Row::new(
@@ -630,6 +684,21 @@ fn rows(args: &Args, load: Option<&LoadReport>, pods: Option<&BTreeMap<&'static 
                     goal,
                 ));
             }
+        }
+    }
+    // The same injected pod, sent whole by the client where no webhook runs:
+    // the injection's cost apart from the larger pod it makes.
+    if let Some(p) = pods
+        && let (Some(i), Some(b)) = (p.get("injected"), p.get("no_webhook_presized"))
+    {
+        for (what, v, b) in [("p50", i.create.p50_us, b.create.p50_us), ("p99", i.create.p99_us, b.create.p99_us)] {
+            rows.push(Row::new(
+                &format!("pod create {what}, injected vs the same pod sent whole"),
+                "ms",
+                ms(v),
+                Some((ms(b), "no webhook, sidecars in the request")),
+                Goal::None,
+            ));
         }
     }
     if let Some(p) = pods

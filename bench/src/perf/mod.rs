@@ -21,8 +21,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use berth_api::InplaceSet;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Namespace, Pod},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, PostParams},
@@ -102,10 +106,13 @@ impl BenchNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Deletes the namespace's pods at once (one delete-collection call, no
-    /// grace) and the namespace, and waits until the pods are gone, so the
+    /// Deletes the namespace's InplaceSets and StatefulSets, then its pods at
+    /// once (one delete-collection call, no grace) and the namespace, and waits until the pods are gone, so the
     /// next scenario starts on a quiet cluster.
     pub async fn delete(self, timeout: Duration) -> Result<()> {
+        // The workloads first, or their controllers recreate the pods deleted below.
+        let _ = self.api::<InplaceSet>().delete_collection(&DeleteParams::background(), &ListParams::default()).await;
+        let _ = self.api::<StatefulSet>().delete_collection(&DeleteParams::background(), &ListParams::default()).await;
         let pods: Api<Pod> = self.api();
         let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         let _ = pods.delete_collection(&now, &ListParams::default()).await;

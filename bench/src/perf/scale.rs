@@ -25,6 +25,9 @@ pub struct Options {
     pub pods: usize,
     /// Requests in flight of the plain client.
     pub concurrency: usize,
+    /// Rounds of all three; each kind's median round is reported. The order
+    /// rotates each round so no kind always runs first (or last).
+    pub rounds: usize,
     pub timeout: Duration,
 }
 
@@ -38,11 +41,40 @@ pub struct Run {
     pub progress: Vec<f64>,
 }
 
+/// Each kind's median round, and every round's rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub plain_client: Run,
     pub inplaceset: Run,
     pub statefulset: Run,
+    /// pods/s of every round, per kind, in the order run.
+    pub rounds: Vec<Round>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Round {
+    pub plain_client: f64,
+    pub inplaceset: f64,
+    pub statefulset: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    PlainClient,
+    InplaceSet,
+    StatefulSet,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::PlainClient, Kind::InplaceSet, Kind::StatefulSet];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::PlainClient => "plain client",
+            Kind::InplaceSet => "InplaceSet",
+            Kind::StatefulSet => "StatefulSet",
+        }
+    }
 }
 
 fn template(labels: &serde_json::Value) -> serde_json::Value {
@@ -59,94 +91,128 @@ fn run_of(kind: &'static str, pods: usize, seconds: f64, progress: Vec<f64>) -> 
     Run { kind, pods, seconds, pods_per_second: pods as f64 / seconds.max(1e-9), progress }
 }
 
+/// The kinds in round `round`'s order: rotated by one each round.
+fn order(round: usize) -> [Kind; 3] {
+    let mut kinds = Kind::ALL;
+    kinds.rotate_left(round % Kind::ALL.len());
+    kinds
+}
+
+/// The run of median rate (the lower middle of an even count).
+fn median(mut runs: Vec<Run>) -> Option<Run> {
+    runs.sort_by(|a, b| a.pods_per_second.total_cmp(&b.pods_per_second));
+    let middle = runs.len().saturating_sub(1) / 2;
+    runs.into_iter().nth(middle)
+}
+
 pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report> {
-    let m = opts.pods;
-    let plain_client = {
-        let ns = BenchNamespace::create(client, "scale-raw", run_id).await?;
-        let pods: Api<Pod> = ns.api();
-        let seen = Tracker::start(pods.clone(), "app=scale-raw", |_| true).await?;
-        let batch: Vec<Pod> =
-            (0..m).map(|i| held_pod(&format!("raw-{i}"), json!({"app": "scale-raw"}))).collect::<Result<_>>()?;
-        let t0 = Instant::now();
-        let result = async {
-            create_all(&pods, batch, opts.concurrency).await?;
-            seen.wait(m, opts.timeout, "plain client: pods seen").await?;
-            Ok::<_, anyhow::Error>(t0.elapsed().as_secs_f64())
+    anyhow::ensure!(opts.rounds >= 1, "--scale-rounds must be at least 1");
+    let (mut plain, mut sets, mut stateful) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
+    for round in 0..opts.rounds {
+        eprintln!("[bench] scale round {}/{}", round + 1, opts.rounds);
+        for kind in order(round) {
+            let run = run_kind(client, run_id, kind, opts).await?;
+            match kind {
+                Kind::PlainClient => plain.push(run),
+                Kind::InplaceSet => sets.push(run),
+                Kind::StatefulSet => stateful.push(run),
+            }
         }
-        .await;
-        let progress = seen.seconds_since(t0);
-        drop(seen);
-        ns.delete(opts.timeout).await?;
-        run_of("plain client", m, result?, progress)
+        rounds.push(Round {
+            plain_client: plain[round].pods_per_second,
+            inplaceset: sets[round].pods_per_second,
+            statefulset: stateful[round].pods_per_second,
+        });
+    }
+    let pick = |runs: Vec<Run>| median(runs).expect("at least one round");
+    Ok(Report { plain_client: pick(plain), inplaceset: pick(sets), statefulset: pick(stateful), rounds })
+}
+
+async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> Result<Run> {
+    let m = opts.pods;
+    let (prefix, app) = match kind {
+        Kind::PlainClient => ("scale-raw", "scale-raw"),
+        Kind::InplaceSet => ("scale-ips", "scale-ips"),
+        Kind::StatefulSet => ("scale-sts", "scale-sts"),
     };
-    let inplaceset = {
-        let ns = BenchNamespace::create(client, "scale-ips", run_id).await?;
-        let labels = json!({"app": "scale-ips"});
-        let set: InplaceSet = serde_json::from_value(json!({
-            "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
-            "metadata": {"name": "scale"},
-            "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "selector": {"matchLabels": labels},
-                     "template": template(&labels)}
-        }))?;
-        let sets: Api<InplaceSet> = ns.api();
-        let result = scale_up(
-            &ns,
-            "app=scale-ips",
-            m,
-            opts.timeout,
-            async || {
-                sets.create(&PostParams::default(), &set).await?;
-                wait_observed(async || {
-                    Ok(sets.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
-                })
-                .await?;
-                Ok(())
-            },
-            async || {
-                sets.patch_scale("scale", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": m}})))
-                    .await?;
-                Ok(())
-            },
-        )
-        .await;
-        ns.delete(opts.timeout).await?;
-        let (seconds, progress) = result?;
-        run_of("InplaceSet", m, seconds, progress)
+    let ns = BenchNamespace::create(client, prefix, run_id).await?;
+    let selector = format!("app={app}");
+    let labels = json!({"app": app});
+    let result = match kind {
+        Kind::PlainClient => {
+            let pods: Api<Pod> = ns.api();
+            let seen = Tracker::start(pods.clone(), &selector, |_| true).await?;
+            let batch: Vec<Pod> =
+                (0..m).map(|i| held_pod(&format!("raw-{i}"), labels.clone())).collect::<Result<_>>()?;
+            let t0 = Instant::now();
+            let done = async {
+                create_all(&pods, batch, opts.concurrency).await?;
+                seen.wait(m, opts.timeout, "plain client: pods seen").await?;
+                Ok::<_, anyhow::Error>(t0.elapsed().as_secs_f64())
+            }
+            .await;
+            done.map(|seconds| (seconds, seen.seconds_since(t0)))
+        }
+        Kind::InplaceSet => {
+            let set: InplaceSet = serde_json::from_value(json!({
+                "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
+                "metadata": {"name": "scale"},
+                "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "selector": {"matchLabels": labels},
+                         "template": template(&labels)}
+            }))?;
+            let sets: Api<InplaceSet> = ns.api();
+            scale_up(
+                &ns,
+                &selector,
+                m,
+                opts.timeout,
+                async || {
+                    sets.create(&PostParams::default(), &set).await?;
+                    wait_observed(async || {
+                        Ok(sets.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
+                    })
+                    .await
+                },
+                async || {
+                    let replicas = Patch::Merge(json!({"spec": {"replicas": m}}));
+                    sets.patch_scale("scale", &PatchParams::default(), &replicas).await?;
+                    Ok(())
+                },
+            )
+            .await
+        }
+        Kind::StatefulSet => {
+            let sts: StatefulSet = serde_json::from_value(json!({
+                "metadata": {"name": "scale"},
+                "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "serviceName": "scale",
+                         "selector": {"matchLabels": labels}, "template": template(&labels)}
+            }))?;
+            let api: Api<StatefulSet> = ns.api();
+            scale_up(
+                &ns,
+                &selector,
+                m,
+                opts.timeout,
+                async || {
+                    api.create(&PostParams::default(), &sts).await?;
+                    wait_observed(async || {
+                        Ok(api.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
+                    })
+                    .await
+                },
+                async || {
+                    let replicas = Patch::Merge(json!({"spec": {"replicas": m}}));
+                    api.patch_scale("scale", &PatchParams::default(), &replicas).await?;
+                    Ok(())
+                },
+            )
+            .await
+        }
     };
-    let statefulset = {
-        let ns = BenchNamespace::create(client, "scale-sts", run_id).await?;
-        let labels = json!({"app": "scale-sts"});
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "metadata": {"name": "scale"},
-            "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "serviceName": "scale",
-                     "selector": {"matchLabels": labels}, "template": template(&labels)}
-        }))?;
-        let api: Api<StatefulSet> = ns.api();
-        let result = scale_up(
-            &ns,
-            "app=scale-sts",
-            m,
-            opts.timeout,
-            async || {
-                api.create(&PostParams::default(), &sts).await?;
-                wait_observed(async || {
-                    Ok(api.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
-                })
-                .await?;
-                Ok(())
-            },
-            async || {
-                api.patch_scale("scale", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": m}})))
-                    .await?;
-                Ok(())
-            },
-        )
-        .await;
-        ns.delete(opts.timeout).await?;
-        let (seconds, progress) = result?;
-        run_of("StatefulSet", m, seconds, progress)
-    };
-    Ok(Report { plain_client, inplaceset, statefulset })
+    ns.delete(opts.timeout).await?;
+    let (seconds, progress) = result?;
+    Ok(run_of(kind.name(), m, seconds, progress))
 }
 
 async fn wait_observed(mut check: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
@@ -174,4 +240,34 @@ async fn scale_up(
     scale().await?;
     seen.wait(m, timeout, selector).await?;
     Ok((t0.elapsed().as_secs_f64(), seen.seconds_since(t0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64) -> Run {
+        Run { kind: "x", pods: 1, seconds: 1.0 / rate, pods_per_second: rate, progress: vec![] }
+    }
+
+    #[test]
+    fn each_kind_takes_each_place_in_turn() {
+        let firsts: Vec<Kind> = (0..3).map(|r| order(r)[0]).collect();
+        assert_eq!(firsts, Kind::ALL);
+        assert_eq!(order(3), order(0));
+        for r in 0..3 {
+            let mut o = order(r).to_vec();
+            o.dedup();
+            assert_eq!(o.len(), 3, "round {r} runs every kind once");
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_reported() {
+        let rates = |runs: Option<Run>| runs.map(|r| r.pods_per_second);
+        assert_eq!(rates(median(vec![run(500.0), run(300.0), run(700.0)])), Some(500.0));
+        assert_eq!(rates(median(vec![run(500.0), run(300.0)])), Some(300.0));
+        assert_eq!(rates(median(vec![run(9.0)])), Some(9.0));
+        assert_eq!(rates(median(vec![])), None);
+    }
 }
