@@ -17,8 +17,10 @@
 //!    Lease on its way out and replica 1 takes over at once; measured likewise,
 //!    with one more pod;
 //! 4. fencing: replica 2 stands by again; replica 1, the leader, is frozen
-//!    (SIGSTOP) until replica 2 took the Lease, then woken: it must exit, as it
-//!    can no longer be sure it leads; replica 2 then hands back to replica 1.
+//!    (SIGSTOP) until replica 2 took the Lease, then woken: it can no longer be
+//!    sure it leads, so it stops its controllers and stands by, its webhook
+//!    server still up; when replica 2 stops, the same replica 1 process leads
+//!    again, repoints the webhook configurations and reconciles.
 //!
 //! It ends as it began: replica 1 running and leading (a guard restores that if
 //! the test fails half way). The times are printed; only generous bounds are
@@ -97,6 +99,14 @@ async fn webhook_url(client: &Client) -> Result<String> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let config = api.get("berth-validating").await?;
     Ok(config.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.url.clone()).unwrap_or_default())
+}
+
+/// Whether the webhook server behind `url` (https://HOST:PORT/...) answers /healthz.
+fn serves_healthz(url: &str) -> Result<bool> {
+    let authority = url.strip_prefix("https://").and_then(|u| u.split('/').next()).context("an https URL")?;
+    let status =
+        Command::new("curl").args(["-sfk", "--max-time", "5", &format!("https://{authority}/healthz")]).status()?;
+    Ok(status.success())
 }
 
 /// Polls (every 50 ms) until `check` holds; the time it took from `since`.
@@ -218,10 +228,12 @@ async fn a_standby_takes_over_when_the_leader_is_killed_or_stopped() -> Result<(
     assert!(handed_over < HANDOVER_BOUND, "a released lease is taken at once, not on expiry: {handed_over:?}");
 
     // 4. Fencing: a leader frozen past its lease (SIGSTOP: a long pause, a partition) finds
-    // on waking that it can no longer be sure it leads, and exits instead of writing on.
+    // on waking that it can no longer be sure it leads: it stops its controllers and stands
+    // by, still serving its webhooks, and leads again once the lease is free.
     manager_sh(&["up", "2"])?;
     let fourth = identity(pid_of(2)?)?;
     let pid1 = pid_of(1)?;
+    let url_of_first = webhook_url(&client).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(pid1, "-STOP")?;
     let frozen = Instant::now();
@@ -229,20 +241,39 @@ async fn a_standby_takes_over_when_the_leader_is_killed_or_stopped() -> Result<(
         Ok(holder(&leases).await?.as_deref() == Some(fourth.as_str()))
     })
     .await?;
-    signal(pid1, "-CONT")?;
-    let woken = Instant::now();
-    let fenced = measure("the woken old leader exits", woken, BOUND, || async { Ok(!running(pid1)) }).await?;
-    let log = std::fs::read_to_string(state_dir()?.join("logs/berth-manager.log"))?;
-    println!("a leader frozen past its lease: taken over after {taken:.2?}; on waking it exited after {fenced:.2?}");
-    assert!(log.contains("no longer sure it leads"), "replica 1 exits for fencing; its log:\n{log}");
-    // Back to replica 1 alone: it stands by, replica 2 stops and hands over.
-    manager_sh(&["up"])?;
-    manager_sh(&["down", "2"])?;
-    let last = identity(pid_of(1)?)?;
-    measure("replica 1 leads again", Instant::now(), BOUND, || async {
-        Ok(holder(&leases).await?.as_deref() == Some(last.as_str()))
+    measure("webhook configurations point at replica 2", frozen, BOUND, || async {
+        Ok(webhook_url(&client).await? != url_of_first)
     })
     .await?;
+    signal(pid1, "-CONT")?;
+    let log_path = state_dir()?.join("logs/berth-manager.log");
+    let fenced = measure("the woken old leader stands by", Instant::now(), BOUND, || async {
+        Ok(std::fs::read_to_string(&log_path)?.contains("no longer sure it leads"))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(running(pid1), "a fenced leader stays up as a standby; its log:\n{}", std::fs::read_to_string(&log_path)?);
+    assert_eq!(holder(&leases).await?.as_deref(), Some(fourth.as_str()), "the standby leaves the lease alone");
+    ensure!(serves_healthz(&url_of_first)?, "the fenced replica still serves its webhooks ({url_of_first})");
+    println!("a leader frozen past its lease: taken over after {taken:.2?}; on waking it stood by after {fenced:.2?}");
+    // Replica 2 stops and hands over: replica 1, the same process, leads again, points
+    // the webhook configurations back at itself, and its controllers act.
+    manager_sh(&["down", "2"])?;
+    let released = Instant::now();
+    measure("replica 1 leads again", released, BOUND, || async {
+        Ok(holder(&leases).await?.as_deref() == Some(identity(pid1)?.as_str()))
+    })
+    .await?;
+    measure("webhook configurations point back at replica 1", released, BOUND, || async {
+        Ok(webhook_url(&client).await? == url_of_first)
+    })
+    .await?;
+    scale(4).await?;
+    measure("pod web-3 created by replica 1 in its second term", Instant::now(), BOUND, || async {
+        Ok(pods.get_opt("web-3").await?.is_some())
+    })
+    .await?;
+    ensure!(pid_of(1)? == pid1, "replica 1 was never restarted");
     ns.delete().await?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
 pub use rule::AdmissionRule;
@@ -127,20 +127,26 @@ impl Options {
 /// this run's CA); with a certificate directory, applies them with its ca.crt
 /// again whenever it changes, unless the installer owns them.
 pub async fn run(client: kube::Client, opts: Options) -> Result<(), Error> {
-    run_replica(client, opts, std::future::ready(()), || {}).await
+    let (terms_tx, terms) = watch::channel(1);
+    let result = run_replica(client, opts, terms, watch::channel(0).0).await;
+    drop(terms_tx);
+    result
 }
 
 /// [`run`] in one of several manager replicas. Every replica serves, but with
 /// a self-generated CA each has its own: only the leader may point the
-/// apiserver at itself, so the configurations are applied once `leading`
-/// resolves (a certificate directory is the same on every replica, so each
-/// applies it at once, as [`run`] does). `configured` is called once the
-/// configurations name this server's CA (at once when the installer owns them).
+/// apiserver at itself, so the configurations are applied at the start of each
+/// leadership term (`terms`: 0 before this replica first leads, one more each
+/// time it takes the lease), as another leader may have repointed them
+/// meanwhile. A certificate directory is the same on every replica, so each
+/// applies it at once, as [`run`] does. `configured` holds the last term the
+/// configurations name this server's CA for (`u64::MAX`: every term, as with
+/// a certificate directory or when the installer owns them).
 pub async fn run_replica(
     client: kube::Client,
     opts: Options,
-    leading: impl std::future::Future<Output = ()>,
-    configured: impl FnOnce(),
+    mut terms: watch::Receiver<u64>,
+    configured: watch::Sender<u64>,
 ) -> Result<(), Error> {
     let caches = caches::Caches::start(&client, &opts.manager_namespace);
     let rules = rules::all(&rules::Context {
@@ -193,9 +199,10 @@ pub async fn run_replica(
             stopped = &mut serving => {
                 return Err(Error::Stopped(stopped.err().map_or("the accept loop ended".into(), |e| e.to_string())));
             }
-            () = leading => {}
+            _ = terms.wait_for(|term| *term >= 1) => {}
         }
     }
+    let first_term = *terms.borrow_and_update();
     if !opts.skip_configurations {
         let ca = ca_bundle.ok_or_else(|| {
             Error::Options(format!(
@@ -207,17 +214,33 @@ pub async fn run_replica(
         config::apply(&client, &rules, &target(ca.clone())).await?;
         applied_ca = Some(ca);
     }
-    configured();
+    let per_term = cert_dir.is_none() && !opts.skip_configurations;
+    configured.send_replace(if per_term { first_term } else { u64::MAX });
 
     let mut tick = tokio::time::interval(Duration::from_secs(opts.cert_poll_seconds.max(1)));
     let mut last_error = None;
     let mut wanted_ca = applied_ca.clone();
+    let (mut terms_open, mut unapplied_term) = (per_term, None);
     loop {
         tokio::select! {
             stopped = &mut serving => {
                 return Err(Error::Stopped(stopped.err().map_or("the accept loop ended".into(), |e| e.to_string())));
             }
-            _ = tick.tick(), if cert_dir.is_some() => {}
+            _ = tick.tick(), if cert_dir.is_some() || unapplied_term.is_some() => {}
+            changed = terms.changed(), if terms_open => match changed {
+                Ok(()) => unapplied_term = Some(*terms.borrow_and_update()),
+                Err(_) => terms_open = false,
+            },
+        }
+        // Leading again: point the apiserver back here (a failed apply is retried on the next tick).
+        if let (Some(term), Some(ca)) = (unapplied_term, applied_ca.as_ref()) {
+            match config::apply(&client, &rules, &target(ca.clone())).await {
+                Ok(()) => {
+                    configured.send_replace(term);
+                    unapplied_term = None;
+                }
+                Err(e) => error!(error = %e, term, "webhook configurations not pointed at this leader yet"),
+            }
         }
         let Some(source) = cert_dir.as_mut() else { continue };
         match source.poll() {

@@ -205,7 +205,7 @@ impl SharedPods {
     }
 
     /// Watches the managed pods until the process ends.
-    pub async fn run(self, client: Client) {
+    pub async fn run(&self, client: Client) {
         let config = watcher::Config::default().labels(&format!("{}=true", keys::MANAGED));
         let mut relist: Option<HashMap<Key, Arc<CachedPod>>> = None;
         let mut events = std::pin::pin!(watcher(Api::<Pod>::all(client), config).default_backoff());

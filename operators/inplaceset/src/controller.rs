@@ -85,7 +85,6 @@ pub async fn run(
     .modify(|c| c.managed_fields_mut().clear())
     .reflect(claims_writer)
     .for_each(|_| futures::future::ready(()));
-    tokio::spawn(claim_stream);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context {
@@ -95,16 +94,27 @@ pub async fn run(
         recorder,
         pod_writes: pod_writes.max(1),
     });
-    // Plan only from full caches: an empty one would look like missing pods.
-    if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
-        warn!("pod or claim cache never became ready");
-        return;
+    let controller = async move {
+        // Plan only from full caches: an empty one would look like missing pods.
+        if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
+            warn!("pod or claim cache never became ready");
+            return;
+        }
+        let results = Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
+            .reconcile_on(pod_events.filter_map(|pod| futures::future::ready(owner_of(&pod))))
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx);
+        berth_inplace::controllers::run_logged(results, "inplaceset").await;
+    };
+    // The claim watch lives exactly as long as the controller (a fenced leader drops both).
+    let claim_watch = async {
+        claim_stream.await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = controller => {}
+        () = claim_watch => {}
     }
-    let results = Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
-        .reconcile_on(pod_events.filter_map(|pod| futures::future::ready(owner_of(&pod))))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    berth_inplace::controllers::run_logged(results, "inplaceset").await;
 }
 
 /// The InplaceSet controlling `pod`, to reconcile when it changes.

@@ -9,8 +9,8 @@
 //! - fencing: the leader counts itself leader only until its last renewal the
 //!   watch (or, failing that, a GET) confirmed, plus the lease duration, minus
 //!   half the grace period. Past that [`Leadership::lost`] resolves, and the
-//!   manager stops writing and exits: better restarted than writing as a
-//!   second leader.
+//!   manager stops its controllers (no write after that), stops renewing, and
+//!   stands by again: its webhook server keeps serving.
 
 use std::time::{Duration, SystemTime};
 
@@ -288,6 +288,12 @@ impl Leadership {
                 () = tokio::time::sleep(left) => {}
             }
         }
+    }
+
+    /// Stops renewing without releasing: this replica is no longer sure it
+    /// leads, so the lease may be another's by now and is left to expire.
+    pub fn abandon(self) {
+        self.task.abort();
     }
 
     /// Gives the lease up, so a standby takes it at once.

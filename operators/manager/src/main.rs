@@ -4,9 +4,10 @@
 //! Replicas elect a leader on a Lease (see [`leader`]). Every replica serves
 //! the webhooks (admission never waits for an election) and keeps the shared
 //! pod cache warm; only the leader runs the controllers, so only the leader
-//! writes. It stops them and exits the moment it cannot be sure it still
-//! leads. On SIGTERM/SIGINT the leader lets in-flight reconciles finish, then
-//! releases the lease (a standby takes over at once), then exits.
+//! writes. The moment it cannot be sure it still leads it stops them and
+//! stands by again (its webhook server keeps serving). On SIGTERM/SIGINT the
+//! leader lets in-flight reconciles finish, then releases the lease (a standby
+//! takes over at once), then exits.
 //!
 //! Webhook configurations: with certificates from --webhook-cert-dir (one
 //! Secret mounted by every replica) each replica applies the same caBundle.
@@ -20,7 +21,7 @@ mod leader;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use clap::Parser;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::FutureExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -67,8 +68,6 @@ enum Command {
     Audit(audit::Args),
 }
 
-type PodEvents = Pin<Box<dyn Stream<Item = Arc<berth_inplace::pods::CachedPod>> + Send>>;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -97,142 +96,147 @@ async fn main() -> anyhow::Result<()> {
     let namespace = args.webhooks.manager_namespace.clone();
 
     // Every replica: one pod watch for every controller, kept warm on standbys.
-    let pods = berth_inplace::pods::SharedPods::default();
+    let pods = Arc::new(berth_inplace::pods::SharedPods::default());
     let store = pods.store();
-    let mut events: [PodEvents; 3] =
-        [Box::pin(pods.subscribe()), Box::pin(pods.subscribe()), Box::pin(pods.subscribe())];
-    tokio::spawn(pods.run(client.clone()));
+    tokio::spawn({
+        let (pods, client) = (pods.clone(), client.clone());
+        async move { pods.run(client).await }
+    });
 
     // Every replica: the webhook server. A failure ends the process, so the
     // apiserver is never left calling a server that is gone.
     let serving = if args.webhooks.disabled { "webhooks disabled" } else { "admission webhooks" };
-    let (leading_tx, leading_rx) = tokio::sync::oneshot::channel::<()>();
-    let (configured_tx, mut configured_rx) = tokio::sync::oneshot::channel::<()>();
+    let (terms, terms_rx) = tokio::sync::watch::channel(0u64);
+    let (configured_tx, mut configured) = tokio::sync::watch::channel(0u64);
     let mut webhooks: Pin<Box<dyn Future<Output = String> + Send>> = if args.webhooks.disabled {
-        let _ = configured_tx.send(());
-        Box::pin(std::future::pending())
+        configured_tx.send_replace(u64::MAX);
+        Box::pin(async move {
+            let _keep = configured_tx;
+            std::future::pending().await
+        })
     } else {
-        let leading = async move { drop(leading_rx.await) };
-        let configured = move || {
-            let _ = configured_tx.send(());
-        };
         Box::pin(
-            berth_webhooks::run_replica(client.clone(), args.webhooks, leading, configured)
+            berth_webhooks::run_replica(client.clone(), args.webhooks, terms_rx, configured_tx)
                 .map(|failed| failed.err().map_or("returned".to_string(), |e| e.to_string())),
         )
     };
 
-    let mut leadership = if args.lease.enabled {
-        let elector = leader::Elector::start(client.clone(), &namespace, args.lease.clone());
-        info!(lease = %args.lease.name, %namespace, identity = elector.identity(),
-              "berth-manager starting: {serving}; InplaceSet, SidecarSet and resize controllers once leading");
-        // Standby: pod changes are read and dropped (the controllers read the
-        // whole cache when they start).
-        let [a, b, c] = &mut events;
-        let drain = async {
-            let all = futures::stream::select(futures::stream::select(a.as_mut(), b.as_mut()), c.as_mut());
-            all.for_each(|_| futures::future::ready(())).await;
-            std::future::pending::<()>().await
+    let elector = args.lease.enabled.then(|| leader::Elector::start(client.clone(), &namespace, args.lease.clone()));
+    match &elector {
+        Some(e) => info!(lease = %args.lease.name, %namespace, identity = e.identity(),
+              "berth-manager starting: {serving}; InplaceSet, SidecarSet and resize controllers once leading"),
+        None => info!(
+            "berth-manager starting: InplaceSet, SidecarSet and resize controllers, {serving} (no leader election)"
+        ),
+    }
+    // One pass per leadership term: stand by, lead, and (fenced) stand by again.
+    for term in 1.. {
+        let mut leadership = match &elector {
+            Some(elector) => tokio::select! {
+                leadership = elector.acquire() => Some(leadership),
+                signal = &mut shutdown => {
+                    info!(signal, "berth-manager stopped (standby)");
+                    return Ok(());
+                }
+                reason = &mut webhooks => {
+                    error!("berth-manager stopping: the webhook server failed: {reason}");
+                    std::process::exit(1);
+                }
+            },
+            None => None,
         };
+
+        // Leading. With a self-generated CA, point the apiserver here first: a
+        // pod the controllers create would otherwise meet another replica's server.
+        terms.send_replace(term);
         tokio::select! {
-            leadership = elector.acquire() => Some(leadership),
-            () = drain => unreachable!(),
+            _ = configured.wait_for(|c| *c >= term) => {}
+            () = tokio::time::sleep(CONFIGURED_WAIT) => warn!(wait = ?CONFIGURED_WAIT,
+                "webhook configurations not applied yet; starting the controllers anyway"),
             signal = &mut shutdown => {
-                info!(signal, "berth-manager stopped (standby)");
-                return Ok(());
+                info!(signal, "stopping before the controllers started");
+                stop(leadership, 0).await;
             }
             reason = &mut webhooks => {
                 error!("berth-manager stopping: the webhook server failed: {reason}");
-                std::process::exit(1);
+                stop(leadership, 1).await;
             }
         }
-    } else {
-        info!("berth-manager starting: InplaceSet, SidecarSet and resize controllers, {serving} (no leader election)");
-        None
-    };
-
-    // Leading. With a self-generated CA, point the apiserver here first: a
-    // pod the controllers create would otherwise meet the old leader's server.
-    let _ = leading_tx.send(());
-    tokio::select! {
-        _ = &mut configured_rx => {}
-        () = tokio::time::sleep(CONFIGURED_WAIT) => warn!(wait = ?CONFIGURED_WAIT,
-            "webhook configurations not applied yet; starting the controllers anyway"),
-        signal = &mut shutdown => {
-            info!(signal, "stopping before the controllers started");
-            stop(leadership, 0).await;
-        }
-        reason = &mut webhooks => {
-            error!("berth-manager stopping: the webhook server failed: {reason}");
-            stop(leadership, 1).await;
-        }
-    }
-    let [inplaceset_events, sidecarset_events, resize_events] = events;
-    let inplacesets =
-        berth_inplaceset::controller::run(client.clone(), store.clone(), inplaceset_events, args.pod_writes.into());
-    let sidecarsets = berth_sidecarset::controller::run(
-        client.clone(),
-        store.clone(),
-        sidecarset_events,
-        namespace,
-        args.pod_writes.into(),
-    );
-    let deadline = Duration::from_secs(args.resize_accept_deadline);
-    let resizes =
-        berth_resize::controller::run(client.clone(), store, resize_events, deadline, args.resize_node_workers.into());
-    // The first to end (a shutdown signal: they stop on it themselves) ends them all.
-    let mut controllers = Box::pin(async {
-        tokio::select! {
-            () = inplacesets => {}
-            () = sidecarsets => {}
-            () = resizes => {}
-        }
-    });
-    info!("controllers running");
-    let end = {
-        let lost = async {
-            match leadership.as_mut() {
-                Some(l) => l.lost().await,
-                None => std::future::pending().await,
+        // The controllers read the whole cache when they start; changes from now on reach them.
+        let writes = args.pod_writes.into();
+        let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), pods.subscribe(), writes);
+        let sidecarsets = berth_sidecarset::controller::run(
+            client.clone(),
+            store.clone(),
+            pods.subscribe(),
+            namespace.clone(),
+            writes,
+        );
+        let deadline = Duration::from_secs(args.resize_accept_deadline);
+        let workers = args.resize_node_workers.into();
+        let resizes = berth_resize::controller::run(client.clone(), store.clone(), pods.subscribe(), deadline, workers);
+        // The first to end (a shutdown signal: they stop on it themselves) ends them all.
+        let mut controllers = Box::pin(async {
+            tokio::select! {
+                () = inplacesets => {}
+                () = sidecarsets => {}
+                () = resizes => {}
+            }
+        });
+        info!(term, "controllers running");
+        let end = {
+            let lost = async {
+                match leadership.as_mut() {
+                    Some(l) => l.lost().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(lost);
+            tokio::select! {
+                () = &mut controllers => End::Stopped,
+                signal = &mut shutdown => {
+                    info!(signal, grace = ?SHUTDOWN_GRACE, "stopping: waiting for in-flight reconciles");
+                    tokio::select! {
+                        () = &mut controllers => End::Stopped,
+                        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                            warn!("reconciles still running; stopping them");
+                            End::Stopped
+                        }
+                        reason = &mut lost => End::Fenced(reason),
+                    }
+                }
+                reason = &mut lost => End::Fenced(reason),
+                reason = &mut webhooks => End::WebhooksFailed(reason),
             }
         };
-        tokio::pin!(lost);
-        tokio::select! {
-            () = &mut controllers => End::Stopped,
-            signal = &mut shutdown => {
-                info!(signal, grace = ?SHUTDOWN_GRACE, "stopping: waiting for in-flight reconciles");
-                tokio::select! {
-                    () = &mut controllers => End::Stopped,
-                    () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                        warn!("reconciles still running; stopping them");
-                        End::Stopped
-                    }
-                    reason = &mut lost => End::Fenced(reason),
+        // No write after this point: reconciles still running are aborted.
+        drop(controllers);
+        match end {
+            End::Stopped => {
+                info!("controllers stopped");
+                stop(leadership, 0).await
+            }
+            End::Fenced(reason) => {
+                // Not sure it leads: stop writing, and stand by again. The
+                // webhook server goes on serving: a replica that exited would
+                // take its webhooks with it (all of them, if every replica is
+                // fenced at once by an overloaded apiserver).
+                error!(
+                    term,
+                    "no longer sure it leads ({reason}): controllers stopped, lease not renewed; standing by \
+                     (webhooks still served)"
+                );
+                if let Some(l) = leadership {
+                    l.abandon();
                 }
             }
-            reason = &mut lost => End::Fenced(reason),
-            reason = &mut webhooks => End::WebhooksFailed(reason),
-        }
-    };
-    // No write after this point: reconciles still running are aborted.
-    drop(controllers);
-    match end {
-        End::Stopped => {
-            info!("controllers stopped");
-            stop(leadership, 0).await
-        }
-        End::Fenced(reason) => {
-            error!(
-                "berth-manager stopping: no longer sure it leads ({reason}); exiting so that it never writes \
-                    as a second leader"
-            );
-            std::process::exit(1)
-        }
-        End::WebhooksFailed(reason) => {
-            error!("berth-manager stopping: the webhook server failed: {reason}");
-            stop(leadership, 1).await
+            End::WebhooksFailed(reason) => {
+                error!("berth-manager stopping: the webhook server failed: {reason}");
+                stop(leadership, 1).await
+            }
         }
     }
+    unreachable!("the terms never run out")
 }
 
 enum End {
