@@ -161,26 +161,8 @@ async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> 
                 "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "selector": {"matchLabels": labels},
                          "template": template(&labels)}
             }))?;
-            let sets: Api<InplaceSet> = ns.api();
-            scale_up(
-                &ns,
-                &selector,
-                m,
-                opts.timeout,
-                async || {
-                    sets.create(&PostParams::default(), &set).await?;
-                    wait_observed(async || {
-                        Ok(sets.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
-                    })
-                    .await
-                },
-                async || {
-                    let replicas = Patch::Merge(json!({"spec": {"replicas": m}}));
-                    sets.patch_scale("scale", &PatchParams::default(), &replicas).await?;
-                    Ok(())
-                },
-            )
-            .await
+            let observed = |s: &InplaceSet| s.status.as_ref().and_then(|s| s.observed_generation).is_some();
+            scale_workload(&ns, &selector, m, opts.timeout, &set, observed).await
         }
         Kind::StatefulSet => {
             let sts: StatefulSet = serde_json::from_value(json!({
@@ -188,26 +170,8 @@ async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> 
                 "spec": {"replicas": 0, "podManagementPolicy": "Parallel", "serviceName": "scale",
                          "selector": {"matchLabels": labels}, "template": template(&labels)}
             }))?;
-            let api: Api<StatefulSet> = ns.api();
-            scale_up(
-                &ns,
-                &selector,
-                m,
-                opts.timeout,
-                async || {
-                    api.create(&PostParams::default(), &sts).await?;
-                    wait_observed(async || {
-                        Ok(api.get("scale").await?.status.and_then(|s| s.observed_generation).is_some())
-                    })
-                    .await
-                },
-                async || {
-                    let replicas = Patch::Merge(json!({"spec": {"replicas": m}}));
-                    api.patch_scale("scale", &PatchParams::default(), &replicas).await?;
-                    Ok(())
-                },
-            )
-            .await
+            let observed = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.observed_generation).is_some();
+            scale_workload(&ns, &selector, m, opts.timeout, &sts, observed).await
         }
     };
     ns.delete(opts.timeout).await?;
@@ -215,29 +179,41 @@ async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> 
     Ok(run_of(kind.name(), m, seconds, progress))
 }
 
-async fn wait_observed(mut check: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    for _ in 0..300 {
-        if check().await.unwrap_or(false) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the controller never observed the set (30 s)")
-}
-
-async fn scale_up(
+/// Creates `workload` (0 replicas), waits until its controller observed it,
+/// then scales it to `m` through /scale: seconds until every pod was seen,
+/// and when each was.
+async fn scale_workload<K>(
     ns: &BenchNamespace,
     selector: &str,
     m: usize,
     timeout: Duration,
-    create: impl AsyncFnOnce() -> Result<()>,
-    scale: impl AsyncFnOnce() -> Result<()>,
-) -> Result<(f64, Vec<f64>)> {
+    workload: &K,
+    observed: impl Fn(&K) -> bool,
+) -> Result<(f64, Vec<f64>)>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let api: Api<K> = ns.api();
+    let name = workload.meta().name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), workload).await?;
+    let mut seen_by_controller = false;
+    for _ in 0..300 {
+        if api.get(&name).await.is_ok_and(|w| observed(&w)) {
+            seen_by_controller = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(seen_by_controller, "the controller never observed {name} (30 s)");
     let pods: Api<Pod> = ns.api();
-    create().await?;
     let seen = Tracker::start(pods, selector, |_| true).await?;
     let t0 = Instant::now();
-    scale().await?;
+    api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": m}}))).await?;
     seen.wait(m, timeout, selector).await?;
     Ok((t0.elapsed().as_secs_f64(), seen.seconds_since(t0)))
 }
