@@ -14,6 +14,7 @@
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
 # HOLLOW_MAX_PODS (pods each hollow node accepts, default 110, as a kubelet's).
 # HOLLOW_NODES_PER_FLEET (hollow nodes per fleet process; default from the open-files limit).
+# APISERVER_PROFILING=true serves kube-apiserver's /debug/pprof (for profiling a bench; off by default).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -196,7 +197,7 @@ cmd_up() {
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --allow-privileged=true --profiling=false \
+    --allow-privileged=true --profiling="${APISERVER_PROFILING:-false}" \
     --max-requests-inflight 800 --max-mutating-requests-inflight 400
   write_kubeconfig "$KUBECONFIG_FILE" "$server" admin cert "$PKI/admin.crt" "$PKI/admin.key"
   wait_for kube-apiserver 120 curl -sf --cacert "$PKI/ca.crt" "$server/readyz"

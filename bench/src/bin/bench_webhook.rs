@@ -78,6 +78,12 @@ struct Args {
     /// Concurrent pod creators in each phase.
     #[arg(long, default_value_t = 4)]
     creators: usize,
+    /// Pods created per second in each phase, open loop (each create timed from
+    /// when it was due). 0: closed loop, each creator as fast as the apiserver
+    /// answers, which on 2 shared cores saturates the machine and so measures
+    /// throughput more than latency.
+    #[arg(long, default_value_t = 20.0)]
+    pod_rate: f64,
     /// Rounds the pod phases are interleaved in (each round runs every phase, in a rotated order).
     #[arg(long, default_value_t = 4)]
     pod_rounds: usize,
@@ -439,18 +445,35 @@ struct Phase {
     webhook_calls: (f64, f64),
 }
 
-/// Creates `count` pods in `ns` with `creators` concurrent callers; each call's latency (µs).
+/// How pods are sent: `creators` concurrent callers, and with `rate` > 0 the
+/// i-th pod is due at i/rate seconds.
+#[derive(Clone, Copy)]
+struct Pace {
+    creators: usize,
+    rate: f64,
+}
+
+impl Pace {
+    /// When pod `i` is due, from `start` (None: at once).
+    fn due(self, start: Instant, i: usize) -> Option<Instant> {
+        (self.rate > 0.0).then(|| start + Duration::from_secs_f64(i as f64 / self.rate))
+    }
+}
+
+/// Creates `count` pods in `ns`, paced by `pace`; each call's latency (µs),
+/// from when it was due (a late start counts against it).
 async fn create_pods(
     client: &Client,
     ns: &str,
     (run, tag): (&str, &str),
     template: &Pod,
     count: usize,
-    creators: usize,
+    pace: Pace,
     injected: bool,
 ) -> Result<(Vec<u64>, usize, Option<String>, usize)> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let creators = creators.max(1);
+    let creators = pace.creators.max(1);
+    let start = Instant::now();
     let tasks = (0..creators).map(|c| {
         let api = api.clone();
         let share: Vec<usize> = (c..count).step_by(creators).collect();
@@ -461,7 +484,13 @@ async fn create_pods(
             for i in share {
                 let mut pod = template.clone();
                 pod.metadata.name = Some(format!("bench-{run}-{tag}-{i}"));
-                let started = Instant::now();
+                let started = match pace.due(start, i) {
+                    Some(due) => {
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let result = api.create(&PostParams::default(), &pod).await;
                 let took = micros(started.elapsed());
                 match result {
@@ -521,7 +550,7 @@ async fn pod_phases(
             (run, &format!("{}-warm", p.name.replace('_', "-"))),
             &p.template,
             2 * args.creators,
-            args.creators,
+            Pace { creators: args.creators, rate: 0.0 },
             p.injected,
         )
         .await?;
@@ -537,7 +566,7 @@ async fn pod_phases(
         (run, "presized-warm"),
         &presized.template,
         args.creators,
-        args.creators,
+        Pace { creators: args.creators, rate: 0.0 },
         true,
     )
     .await?;
@@ -548,9 +577,9 @@ async fn pod_phases(
         // A, B, C, then B, C, A, ...: each phase runs first, middle and last alike.
         let order: Vec<usize> = (0..phases.len()).map(|k| (k + round) % phases.len()).collect();
         eprintln!(
-            "[bench] pod round {}/{rounds}: {count} pods per phase, {} creators, order {:?}",
+            "[bench] pod round {}/{rounds}: {count} pods per phase, {}, order {:?}",
             round + 1,
-            args.creators,
+            load_label(args),
             order.iter().map(|&k| phases[k].name).collect::<Vec<_>>()
         );
         for k in order {
@@ -563,7 +592,7 @@ async fn pod_phases(
                 (run, &format!("{}-{round}", p.name.replace('_', "-"))),
                 &p.template,
                 count,
-                args.creators,
+                Pace { creators: args.creators, rate: args.pod_rate },
                 p.injected,
             )
             .await?;
@@ -625,6 +654,15 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// The load the pod phases ran at, for labels.
+fn load_label(args: &Args) -> String {
+    if args.pod_rate > 0.0 {
+        format!("{} pods/s", args.pod_rate)
+    } else {
+        format!("{} creators, closed loop", args.creators)
+    }
+}
+
 fn rows(args: &Args, load: Option<&LoadReport>, pods: Option<&BTreeMap<&'static str, PhaseReport>>) -> Vec<Row> {
     let mut rows = vec![];
     if let Some(l) = load {
@@ -677,7 +715,7 @@ fn rows(args: &Args, load: Option<&LoadReport>, pods: Option<&BTreeMap<&'static 
             for (what, v, b) in [("p50", c.p50_us, base.p50_us), ("p99", c.p99_us, base.p99_us)] {
                 let goal = if phase == "injected" { Goal::RatioBelow { limit: 1.10 } } else { Goal::None };
                 rows.push(Row::new(
-                    &format!("pod create {what}, {label}"),
+                    &format!("pod create {what}, {label} ({})", load_label(args)),
                     "ms",
                     ms(v),
                     Some((ms(b), "no webhook")),
