@@ -1,4 +1,12 @@
-//! What every berth controller does with its results stream.
+//! What every berth controller shares: driving its results stream, and
+//! pacing the reconciles of one object.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use futures::{Stream, StreamExt};
 use kube::{
@@ -26,4 +34,100 @@ where
             }
         })
         .await;
+}
+
+/// Spaces out the reconciles of one object: the next starts no sooner than
+/// `interval` after the previous one ended. The controller runs one reconcile
+/// of an object at a time and merges the triggers that arrive meanwhile, so a
+/// burst of pod events (a scale-up, a stream of pod creations) becomes one
+/// reconcile per interval instead of one per event: each reconcile reads every
+/// pod of the set and writes status, so per event it cost O(pods) each time.
+/// The first trigger after a quiet spell runs at once.
+pub struct Pacer<K> {
+    interval: Duration,
+    ended: Mutex<HashMap<K, Instant>>,
+}
+
+/// Records when a paced reconcile ended (on drop, so errors count too).
+pub struct Paced<'a, K: Eq + Hash + Clone> {
+    pacer: &'a Pacer<K>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Pacer<K> {
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, ended: Mutex::new(HashMap::new()) }
+    }
+
+    /// How long a reconcile of `key` starting at `now` must wait.
+    pub fn wait_at(&self, key: &K, now: Instant) -> Duration {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.get(key).map_or(Duration::ZERO, |&t| (t + self.interval).saturating_duration_since(now))
+    }
+
+    /// Waits for `key`'s turn; the returned guard marks the reconcile's end.
+    pub async fn pace(&self, key: K) -> Paced<'_, K> {
+        let wait = self.wait_at(&key, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Paced { pacer: self, key }
+    }
+
+    fn ended(&self, key: K, at: Instant) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries past their interval no longer delay anything.
+        if ended.len() >= 1024 {
+            ended.retain(|_, t| at.saturating_duration_since(*t) < self.interval);
+        }
+        ended.insert(key, at);
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for Paced<'_, K> {
+    fn drop(&mut self) {
+        self.pacer.ended(self.key.clone(), Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconcile_waits_out_the_interval_after_the_last_one_of_the_same_object() {
+        let pacer = Pacer::new(Duration::from_millis(200));
+        let t0 = Instant::now();
+        assert_eq!(pacer.wait_at(&"a", t0), Duration::ZERO, "nothing ran yet: at once");
+        pacer.ended("a", t0);
+        assert_eq!(pacer.wait_at(&"a", t0 + Duration::from_millis(50)), Duration::from_millis(150));
+        assert_eq!(pacer.wait_at(&"a", t0 + Duration::from_millis(300)), Duration::ZERO, "quiet long enough");
+        assert_eq!(pacer.wait_at(&"b", t0), Duration::ZERO, "other objects are not held back");
+    }
+
+    #[test]
+    fn a_zero_interval_never_waits() {
+        let pacer = Pacer::new(Duration::ZERO);
+        let t0 = Instant::now();
+        pacer.ended("a", t0);
+        assert_eq!(pacer.wait_at(&"a", t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn old_entries_are_dropped_once_the_map_is_large() {
+        let pacer = Pacer::new(Duration::from_millis(10));
+        let t0 = Instant::now();
+        for i in 0..1024 {
+            pacer.ended(i, t0);
+        }
+        pacer.ended(5000, t0 + Duration::from_secs(1));
+        assert_eq!(pacer.ended.lock().unwrap().len(), 1, "only the fresh entry is kept");
+    }
+
+    #[tokio::test]
+    async fn the_guard_records_the_end_when_dropped() {
+        let pacer = Pacer::new(Duration::from_secs(60));
+        drop(pacer.pace("a").await);
+        assert!(pacer.wait_at(&"a", Instant::now()) > Duration::from_secs(59));
+    }
 }

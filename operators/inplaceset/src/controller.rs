@@ -10,6 +10,7 @@ use berth_api::{
     keys,
 };
 use berth_inplace::{
+    controllers::Pacer,
     pods::{CachedPod, PodCache},
     revision::revision_name,
 };
@@ -63,17 +64,20 @@ pub struct Context {
     recorder: Recorder,
     /// Pod writes (creations, in-place steps) in flight at once for one set.
     pod_writes: usize,
+    /// Spaces out the reconciles of one set (by namespace/name).
+    pacer: Pacer<String>,
 }
 
 /// Runs the controller until a shutdown signal, reading pods from the
 /// manager's shared pod cache ([`berth_inplace::pods::SharedPods`]).
 /// `pod_writes` bounds the pod writes one set has in flight (see
-/// [`crate::plan::runs`]).
+/// [`crate::plan::runs`]); one set is reconciled at most once per `interval`.
 pub async fn run(
     client: Client,
     pods: PodCache,
     pod_events: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
     pod_writes: usize,
+    interval: Duration,
 ) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
     let (claims, claims_writer) = reflector::store();
@@ -93,6 +97,7 @@ pub async fn run(
         claims: claims.clone(),
         recorder,
         pod_writes: pod_writes.max(1),
+        pacer: Pacer::new(interval),
     });
     let controller = async move {
         // Plan only from full caches: an empty one would look like missing pods.
@@ -135,6 +140,7 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     }
     let ns = set.namespace().ok_or_else(|| Error::NoNamespace(set.name_any()))?;
     let name = set.name_any();
+    let _paced = ctx.pacer.pace(format!("{ns}/{name}")).await;
     let client = &ctx.client;
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let update_revision = revision_name(&name, &set.spec.template, collision);
@@ -243,11 +249,15 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         publish(&ctx, &set, None, EventType::Warning, status::PROGRESS_DEADLINE_EXCEEDED, "Update", c.message.clone())
             .await;
     }
-    let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
-    let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
-    match sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::await_change()), // deleted meanwhile
-        result => result.map(|_| ())?,
+    // Unchanged: no write (a change to the set's status triggers a reconcile,
+    // so a cache that lags behind our own last write is corrected then).
+    if set.status.as_ref() != Some(&new_status) {
+        let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
+        let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
+        match sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::await_change()), // deleted meanwhile
+            result => result.map(|_| ())?,
+        }
     }
 
     if let Some(e) = first_error {

@@ -55,6 +55,13 @@ struct Args {
     #[arg(long, env = "BERTH_POD_WRITES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pod_writes: u16,
 
+    /// Milliseconds one InplaceSet or SidecarSet waits after its last reconcile
+    /// before the next: the pod events of a burst are handled together, where
+    /// each would otherwise read all of the set's pods and write its status.
+    /// The first change after a quiet spell is handled at once. 0: no wait.
+    #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS", value_name = "MS", default_value_t = 200)]
+    reconcile_interval_ms: u64,
+
     #[command(flatten)]
     webhooks: berth_webhooks::Options,
 
@@ -164,13 +171,16 @@ async fn main() -> anyhow::Result<()> {
         }
         // The controllers read the whole cache when they start; changes from now on reach them.
         let writes = args.pod_writes.into();
-        let inplacesets = berth_inplaceset::controller::run(client.clone(), store.clone(), pods.subscribe(), writes);
+        let interval = Duration::from_millis(args.reconcile_interval_ms);
+        let inplacesets =
+            berth_inplaceset::controller::run(client.clone(), store.clone(), pods.subscribe(), writes, interval);
         let sidecarsets = berth_sidecarset::controller::run(
             client.clone(),
             store.clone(),
             pods.subscribe(),
             namespace.clone(),
             writes,
+            interval,
         );
         let deadline = Duration::from_secs(args.resize_accept_deadline);
         let workers = args.resize_node_workers.into();

@@ -2,14 +2,19 @@
 //! cache, revisions in the manager's namespace), [`crate::plan`], execute,
 //! and write status with server-side apply. Decisions live in the planner.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use berth_api::{
     SidecarSet, keys,
-    sidecarset::{InjectedRevision, injected_revisions, injected_revisions_in},
+    sidecarset::{InjectedRevision, SidecarSetStatus, injected_revisions, injected_revisions_in},
 };
 use berth_inplace::{
     apply,
+    controllers::Pacer,
     pods::{CachedPod, PodCache},
 };
 use futures::StreamExt;
@@ -64,17 +69,46 @@ pub struct Context {
     namespace: String,
     /// Pod writes one set has in flight at once.
     pod_writes: usize,
+    /// Spaces out the reconciles of one set (by name).
+    pacer: Pacer<String>,
+    /// Per set, the revision last found in place and the revisions last kept
+    /// by pruning: while they hold, a reconcile reads no revision from the API.
+    checked: Mutex<HashMap<String, Checked>>,
+}
+
+/// How long a revision check or a pruning pass is trusted.
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// What one set's last revision check and pruning found, and when.
+#[derive(Clone)]
+struct Checked {
+    revision: Option<(String, Instant)>,
+    kept: Option<(BTreeSet<String>, Instant)>,
+}
+
+impl Context {
+    fn checked(&self, set: &str) -> Checked {
+        let all = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(set).cloned().unwrap_or(Checked { revision: None, kept: None })
+    }
+
+    fn record(&self, set: &str, update: impl FnOnce(&mut Checked)) {
+        let mut all = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        update(all.entry(set.to_string()).or_insert(Checked { revision: None, kept: None }));
+    }
 }
 
 /// Runs the controller until a shutdown signal, reading pods from the
 /// manager's shared pod cache; revisions go to `namespace`; `pod_writes`
-/// bounds the pod writes one set has in flight.
+/// bounds the pod writes one set has in flight; one set is reconciled at most
+/// once per `interval`.
 pub async fn run(
     client: Client,
     pods: PodCache,
     pod_events: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
     namespace: String,
     pod_writes: usize,
+    interval: Duration,
 ) {
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
@@ -87,6 +121,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         namespace,
         pod_writes: pod_writes.max(1),
+        pacer: Pacer::new(interval),
+        checked: Mutex::new(HashMap::new()),
     });
     let results = Controller::new(Api::<SidecarSet>::all(client), watcher::Config::default())
         // A pod change concerns every set its record names.
@@ -105,6 +141,7 @@ fn error_policy(set: Arc<SidecarSet>, error: &Error, _: Arc<Context>) -> Requeue
 }
 
 async fn reconcile(set: Arc<SidecarSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let _paced = ctx.pacer.pace(set.name_any()).await;
     let api: Api<SidecarSet> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, set, |event| async {
         match event {
@@ -141,14 +178,19 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let latest = revision(&name, &set.spec, collision);
     let sets: Api<SidecarSet> = Api::all(ctx.client.clone());
-    match ensure_revision(ctx, set, &latest).await {
+    let fresh = |c: &Option<(String, Instant)>| {
+        c.as_ref().is_some_and(|(r, at)| *r == latest.revision && at.elapsed() < RECHECK)
+    };
+    let known = fresh(&ctx.checked(&name).revision);
+    match if known { Ok(()) } else { ensure_revision(ctx, set, &latest).await } {
+        Ok(()) => ctx.record(&name, |c| c.revision = Some((latest.revision.clone(), Instant::now()))),
         Err(Error::HashCollision(taken)) => {
             warn!(sidecarset = %name, revision = %taken, "revision hash collision; bumping status.collisionCount");
             let bump = json!({"status": {"collisionCount": collision + 1}});
             sets.patch_status(&name, &PatchParams::default(), &Patch::Merge(bump)).await?;
             return Ok(Requeue::requeue(Duration::from_millis(100)));
         }
-        result => result?,
+        Err(e) => return Err(e),
     }
     let observed = Observed {
         name: name.clone(),
@@ -193,10 +235,10 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
         new_status.not_updatable_pods,
     )
     .await;
-    let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "SidecarSet", "status": new_status});
-    match sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::await_change()),
-        result => result.map(|_| ())?,
+    // Unchanged: no write (a change to the set's status triggers a reconcile,
+    // so a cache that lags behind our own last write is corrected then).
+    if previous != Some(&new_status) && !write_status(&sets, &name, new_status).await? {
+        return Ok(Requeue::await_change()); // deleted meanwhile
     }
     prune_revisions(ctx, set, &observed).await;
     if let Some(e) = first_error {
@@ -205,6 +247,15 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let busy = !plan.actions.is_empty()
         || observed.pods.iter().any(|p| !matches!(p.progress, berth_inplace::progress::Progress::Idle));
     Ok(Requeue::requeue(Duration::from_secs(if busy { 5 } else { 300 })))
+}
+
+/// Server-side applies the status; false if the set is gone.
+async fn write_status(sets: &Api<SidecarSet>, name: &str, status: SidecarSetStatus) -> Result<bool, Error> {
+    let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "SidecarSet", "status": status});
+    match sets.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        result => result.map(|_| true).map_err(Error::from),
+    }
 }
 
 async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, action: &Action) -> Result<(), Error> {
@@ -256,6 +307,7 @@ async fn report_blocked(ctx: &Context, set: &SidecarSet, blocked: &[Blocked], be
 /// recreated (a container cannot be removed in place). Say so, then let go.
 async fn report_deletion(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let name = set.name_any();
+    ctx.checked.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     let keeping = pods_of(ctx, &name).iter().filter(|p| !p.terminating).count();
     let note =
         format!("SidecarSet deleted: no more injection; {keeping} running pods keep its sidecars until recreated");
@@ -312,12 +364,17 @@ async fn revisions(ctx: &Context, set: &str) -> Result<Vec<ControllerRevision>, 
 
 /// Deletes the oldest revisions beyond revisionHistoryLimit, never the latest,
 /// the pinned one, or one a pod still runs.
+/// Skipped while the revisions to keep are those of the last pass (RECHECK).
 async fn prune_revisions(ctx: &Context, set: &SidecarSet, o: &Observed) {
     let limit = set.spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-    let Ok(mut all) = revisions(ctx, &o.name).await else { return };
     let mut keep: BTreeSet<String> = o.pods.iter().map(|p| p.records[&o.name].revision.clone()).collect();
     keep.insert(o.latest.revision.clone());
     keep.extend(set.spec.injection_strategy.as_ref().and_then(|s| s.revision.clone()));
+    if ctx.checked(&o.name).kept.is_some_and(|(k, at)| k == keep && at.elapsed() < RECHECK) {
+        return;
+    }
+    let Ok(mut all) = revisions(ctx, &o.name).await else { return };
+    ctx.record(&o.name, |c| c.kept = Some((keep.clone(), Instant::now())));
     all.sort_by_key(|r| std::cmp::Reverse(r.revision.unwrap_or(0)));
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let old: Vec<String> = all.iter().map(|r| r.name_any()).filter(|n| !keep.contains(n)).skip(limit).collect();
