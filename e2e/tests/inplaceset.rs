@@ -18,7 +18,7 @@ use berth_e2e::{
     inplaceset::{app_image_patch, rolled_out, set},
     install_crds, pod_ready as ready, wait_for,
 };
-use k8s_openapi::api::{apps::v1::ControllerRevision, core::v1::Pod};
+use k8s_openapi::api::{apps::v1::ControllerRevision, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -27,6 +27,22 @@ use serde_json::json;
 
 /// The ordered, rolled set: 10 pods, as the issue asks.
 const N: i32 = 10;
+
+/// The notes of `reason`'s Events in `ns`, and how often they occurred. The
+/// recorder folds repeats of a reason into one Event's series (its note stays
+/// the first pass's, as with client-go's aggregation).
+async fn in_place_events(ns: &TestNamespace, reason: &str) -> Result<(Vec<String>, i32)> {
+    let events: Api<Event> = ns.api();
+    let of: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect();
+    let occurred = of.iter().map(|e| e.series.as_ref().map_or(1, |s| s.count)).sum();
+    Ok((of.into_iter().filter_map(|e| e.note).collect(), occurred))
+}
 
 #[tokio::test]
 async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<()> {
@@ -99,6 +115,13 @@ async fn an_inplaceset_creates_in_order_and_rolls_an_image_in_place() -> Result<
         );
     }
 
+    // The in-place Events: one per pass (maxUnavailable 1: at most one pod a pass).
+    for reason in ["InPlaceUpdateStarted", "InPlaceUpdateDone"] {
+        let (notes, occurred) = in_place_events(&ns, reason).await?;
+        assert!((1..=N).contains(&occurred), "{reason}: {occurred} times for {N} pods: {notes:?}");
+        assert!(notes.iter().all(|n| n.contains("in place") && n.contains("web-")), "{reason}: {notes:?}");
+    }
+
     // Ordered scale down: the highest ordinals go, one at a time.
     sets.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}}))).await?;
     rolled_out(&sets, 7, Duration::from_secs(120)).await?;
@@ -164,6 +187,13 @@ async fn partition_and_pause_hold_pods_at_the_old_revision() -> Result<()> {
         .await?;
     let done = rolled_out(&sets, 4, Duration::from_secs(120)).await?;
     assert_eq!(image_of(&pods.get("web-0").await?).as_ref(), Some(&image_b));
+    // One InPlaceUpdateStarted Event per pass, not per pod: web-2 and web-3
+    // started together, then web-0 and web-1.
+    let (notes, occurred) = in_place_events(&ns, "InPlaceUpdateStarted").await?;
+    assert!((1..4).contains(&occurred), "InPlaceUpdateStarted {occurred} times for 4 pods: {notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("updating in place 2 pods: web-")), "{notes:?}");
+    let (notes, occurred) = in_place_events(&ns, "InPlaceUpdateDone").await?;
+    assert!((1..=4).contains(&occurred), "InPlaceUpdateDone {occurred} times for 4 pods: {notes:?}");
 
     // revisionHistoryLimit 0: once no pod runs the old revision, only the current one is kept.
     let revisions: Api<ControllerRevision> = ns.api();

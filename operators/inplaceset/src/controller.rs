@@ -199,10 +199,18 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
             .await;
         results.extend(batch);
     }
-    let mut created = Vec::new();
+    let (mut created, mut started, mut updated) = (Vec::new(), Vec::new(), Vec::new());
+    // The images of this pass's starts (one update revision: usually one set).
+    let mut started_images = std::collections::BTreeSet::new();
     for (action, result) in results {
         match (action, result) {
             (Action::Create { ordinal, .. }, Ok(true)) => created.push(format!("{name}-{ordinal}")),
+            (Action::StartInPlace { name, changes, .. }, Ok(true)) => {
+                started.push(name.clone());
+                let images = changes.images.iter().map(|(c, i)| format!("{c}={i}"));
+                started_images.extend(images);
+            }
+            (Action::FinishInPlace { name }, Ok(true)) => updated.push(name.clone()),
             (_, Ok(_)) => {}
             (action, Err(e)) => {
                 warn!(inplaceset = %name, ?action, error = %e, "action failed");
@@ -218,6 +226,15 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     if !created.is_empty() {
         let note = status::pods_note("created", &created);
         publish(&ctx, &set, None, EventType::Normal, "SuccessfulCreate", "Create", note).await;
+    }
+    if !started.is_empty() {
+        let images = started_images.into_iter().collect::<Vec<_>>().join(", ");
+        let note = format!("{} to {update_revision} ({images})", status::pods_note("updating in place", &started));
+        publish(&ctx, &set, None, EventType::Normal, "InPlaceUpdateStarted", "Update", note).await;
+    }
+    if !updated.is_empty() {
+        let note = status::pods_note("updated in place", &updated);
+        publish(&ctx, &set, None, EventType::Normal, "InPlaceUpdateDone", "Update", note).await;
     }
     if !failed_creates.is_empty() {
         let note = status::summary(&failed_creates);

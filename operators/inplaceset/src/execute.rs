@@ -78,19 +78,12 @@ pub async fn execute(
             changes.annotations.insert(keys::LIFECYCLE_STATE.into(), Some(LifecycleState::Updating.as_str().into()));
             let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
             let label = Some(keys::CONTROLLER_REVISION_HASH);
-            apply::start(pods, name, revision, label, &changes, revision_of, now).await?;
+            if !apply::start(pods, name, revision, label, &changes, revision_of, now).await? {
+                return Ok(false);
+            }
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
+            // The Event is one per pass, from the caller.
             info!(inplaceset = %set.name_any(), pod = %name, %revision, ?images, "started in-place update");
-            publish(
-                ctx,
-                set,
-                Some(name),
-                EventType::Normal,
-                "InPlaceUpdateStarted",
-                "Update",
-                format!("{name}: {message} ({})", images.join(", ")),
-            )
-            .await;
         }
         Action::StartResize { name, revision, request } => {
             let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
@@ -121,17 +114,8 @@ pub async fn execute(
             } else {
                 pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch::finish_patch())).await?;
             }
+            // The Event is one per pass, from the caller.
             info!(inplaceset = %set.name_any(), pod = %name, "finished in-place update");
-            publish(
-                ctx,
-                set,
-                Some(name),
-                EventType::Normal,
-                "InPlaceUpdateDone",
-                "Update",
-                format!("{name} updated in place"),
-            )
-            .await;
         }
         Action::CloseGate { name } => {
             let message = "leaving Service endpoints ahead of an in-place update";
