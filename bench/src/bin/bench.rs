@@ -63,12 +63,13 @@ struct Args {
     /// Leader kills.
     #[arg(long, default_value_t = 5)]
     failover_kills: usize,
-    /// Lease duration of the failover replicas (berth-manager --lease-duration).
-    #[arg(long, default_value_t = 2)]
-    lease_duration: u64,
-    /// Lease grace of the failover replicas (berth-manager --lease-grace).
+    /// Lease duration of the failover replicas (berth-manager --lease-duration, whole seconds).
     #[arg(long, default_value_t = 1)]
-    lease_grace: u64,
+    lease_duration: u64,
+    /// Lease grace of the failover replicas (berth-manager --lease-grace): they renew every
+    /// duration - grace seconds.
+    #[arg(long, default_value_t = 0.5)]
+    lease_grace: f64,
     /// Nodes running a node agent for the resize scenario (hollow-node-0..).
     #[arg(long, default_value_t = 2)]
     resize_nodes: usize,
@@ -147,8 +148,8 @@ async fn main() -> Result<()> {
         anyhow::ensure!(SCENARIOS.contains(&s.as_str()), "unknown scenario {s:?}; allowed: {}", SCENARIOS.join(", "));
     }
     anyhow::ensure!(
-        args.lease_duration > args.lease_grace && args.lease_grace >= 1,
-        "--lease-duration ({}) must be longer than --lease-grace ({}), which must be at least 1",
+        args.lease_duration as f64 > args.lease_grace && args.lease_grace >= 0.1,
+        "--lease-duration ({}) must be longer than --lease-grace ({}), which must be at least 0.1",
         args.lease_duration,
         args.lease_grace
     );

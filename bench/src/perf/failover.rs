@@ -29,13 +29,13 @@ use crate::stats::{Summary, micros};
 pub struct Options {
     pub kills: usize,
     pub lease_duration: u64,
-    pub lease_grace: u64,
+    pub lease_grace: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub lease_duration_seconds: u64,
-    pub lease_grace_seconds: u64,
+    pub lease_grace_seconds: f64,
     /// SIGKILL of the leader -> the standby holds the Lease.
     pub lease_taken: Summary,
     /// SIGKILL of the leader -> the pod of a scale made at once exists.
