@@ -1,5 +1,5 @@
-//! What every berth controller shares: driving its results stream, and
-//! pacing the reconciles of one object.
+//! What every berth controller shares: driving its results stream, pacing
+//! the reconciles of one object, and writing status only when it changed.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,8 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use kube::{
-    Resource,
+    Api, Resource,
+    api::{Patch, PatchParams},
     runtime::{
         controller::{Action, Error},
         reflector::ObjectRef,
@@ -34,6 +35,31 @@ where
             }
         })
         .await;
+}
+
+/// Server-side applies `status` to the object `name` as `field_manager`,
+/// unless it equals `previous` (the status the reconcile read): `Ok(false)` if
+/// the object is gone. A change to an object's status triggers its next
+/// reconcile, so a cache that lags behind our own last write is corrected then.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    field_manager: &str,
+    name: &str,
+    previous: Option<&S>,
+    status: &S,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    S: serde::Serialize + PartialEq,
+{
+    if previous == Some(status) {
+        return Ok(true);
+    }
+    let apply = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    match api.patch_status(name, &PatchParams::apply(field_manager).force(), &Patch::Apply(apply)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        result => result.map(|_| true),
+    }
 }
 
 /// Spaces out the reconciles of one object: the next starts no sooner than

@@ -10,7 +10,7 @@ use berth_api::{
     keys,
 };
 use berth_inplace::{
-    controllers::Pacer,
+    controllers::{Pacer, apply_status},
     pods::{CachedPod, PodCache},
     revision::revision_name,
 };
@@ -266,15 +266,9 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
         publish(&ctx, &set, None, EventType::Warning, status::PROGRESS_DEADLINE_EXCEEDED, "Update", c.message.clone())
             .await;
     }
-    // Unchanged: no write (a change to the set's status triggers a reconcile,
-    // so a cache that lags behind our own last write is corrected then).
-    if set.status.as_ref() != Some(&new_status) {
-        let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
-        let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet", "status": new_status});
-        match sets.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::await_change()), // deleted meanwhile
-            result => result.map(|_| ())?,
-        }
+    let sets: Api<InplaceSet> = Api::namespaced(client.clone(), &ns);
+    if !apply_status(&sets, FIELD_MANAGER, &name, set.status.as_ref(), &new_status).await? {
+        return Ok(Requeue::await_change()); // deleted meanwhile
     }
 
     if let Some(e) = first_error {

@@ -10,11 +10,11 @@ use std::{
 
 use berth_api::{
     SidecarSet, keys,
-    sidecarset::{InjectedRevision, SidecarSetStatus, injected_revisions, injected_revisions_in},
+    sidecarset::{InjectedRevision, injected_revisions, injected_revisions_in},
 };
 use berth_inplace::{
     apply,
-    controllers::Pacer,
+    controllers::{Pacer, apply_status},
     pods::{CachedPod, PodCache},
 };
 use futures::StreamExt;
@@ -80,21 +80,26 @@ pub struct Context {
 const RECHECK: Duration = Duration::from_secs(60);
 
 /// What one set's last revision check and pruning found, and when.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Checked {
     revision: Option<(String, Instant)>,
     kept: Option<(BTreeSet<String>, Instant)>,
 }
 
+/// `found` is `value`, found less than [`RECHECK`] ago.
+fn still<T: PartialEq>(found: &Option<(T, Instant)>, value: &T) -> bool {
+    found.as_ref().is_some_and(|(v, at)| v == value && at.elapsed() < RECHECK)
+}
+
 impl Context {
     fn checked(&self, set: &str) -> Checked {
         let all = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        all.get(set).cloned().unwrap_or(Checked { revision: None, kept: None })
+        all.get(set).cloned().unwrap_or_default()
     }
 
     fn record(&self, set: &str, update: impl FnOnce(&mut Checked)) {
         let mut all = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        update(all.entry(set.to_string()).or_insert(Checked { revision: None, kept: None }));
+        update(all.entry(set.to_string()).or_default());
     }
 }
 
@@ -178,10 +183,7 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let latest = revision(&name, &set.spec, collision);
     let sets: Api<SidecarSet> = Api::all(ctx.client.clone());
-    let fresh = |c: &Option<(String, Instant)>| {
-        c.as_ref().is_some_and(|(r, at)| *r == latest.revision && at.elapsed() < RECHECK)
-    };
-    let known = fresh(&ctx.checked(&name).revision);
+    let known = still(&ctx.checked(&name).revision, &latest.revision);
     match if known { Ok(()) } else { ensure_revision(ctx, set, &latest).await } {
         Ok(()) => ctx.record(&name, |c| c.revision = Some((latest.revision.clone(), Instant::now()))),
         Err(Error::HashCollision(taken)) => {
@@ -235,9 +237,7 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
         new_status.not_updatable_pods,
     )
     .await;
-    // Unchanged: no write (a change to the set's status triggers a reconcile,
-    // so a cache that lags behind our own last write is corrected then).
-    if previous != Some(&new_status) && !write_status(&sets, &name, new_status).await? {
+    if !apply_status(&sets, FIELD_MANAGER, &name, previous, &new_status).await? {
         return Ok(Requeue::await_change()); // deleted meanwhile
     }
     prune_revisions(ctx, set, &observed).await;
@@ -247,15 +247,6 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
     let busy = !plan.actions.is_empty()
         || observed.pods.iter().any(|p| !matches!(p.progress, berth_inplace::progress::Progress::Idle));
     Ok(Requeue::requeue(Duration::from_secs(if busy { 5 } else { 300 })))
-}
-
-/// Server-side applies the status; false if the set is gone.
-async fn write_status(sets: &Api<SidecarSet>, name: &str, status: SidecarSetStatus) -> Result<bool, Error> {
-    let apply = json!({"apiVersion": "apps.berth.dev/v1alpha1", "kind": "SidecarSet", "status": status});
-    match sets.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(apply)).await {
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        result => result.map(|_| true).map_err(Error::from),
-    }
 }
 
 async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, action: &Action) -> Result<(), Error> {
@@ -370,7 +361,7 @@ async fn prune_revisions(ctx: &Context, set: &SidecarSet, o: &Observed) {
     let mut keep: BTreeSet<String> = o.pods.iter().map(|p| p.records[&o.name].revision.clone()).collect();
     keep.insert(o.latest.revision.clone());
     keep.extend(set.spec.injection_strategy.as_ref().and_then(|s| s.revision.clone()));
-    if ctx.checked(&o.name).kept.is_some_and(|(k, at)| k == keep && at.elapsed() < RECHECK) {
+    if still(&ctx.checked(&o.name).kept, &keep) {
         return;
     }
     let Ok(mut all) = revisions(ctx, &o.name).await else { return };
