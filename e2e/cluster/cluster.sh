@@ -14,6 +14,8 @@
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
 # HOLLOW_MAX_PODS (pods each hollow node accepts, default 110, as a kubelet's).
 # HOLLOW_NODES_PER_FLEET (hollow nodes per fleet process; default from the open-files limit).
+# HOLLOW_KUBE_API_QPS (client QPS of each hollow kubelet, burst twice that; default 50, a
+#   kubelet's kubeAPIQPS; kubemark's own default of 10 is shared there with the kubelet's Events).
 # APISERVER_PROFILING=true serves kube-apiserver's /debug/pprof (for profiling a bench; off by default).
 set -euo pipefail
 
@@ -263,7 +265,8 @@ cmd_nodes() {
     start "$name" hollow-fleet --count "$n" --first-index "$first" \
       --first-port "$(free_port_range "$n")" \
       --server "$(cat "$STATE/server")" --ca-cert "$PKI/ca.crt" --ca-key "$PKI/ca.key" \
-      --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" --v 1
+      --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" \
+      --kube-api-qps "${HOLLOW_KUBE_API_QPS:-50}" --v 1
     first=$((first + n)); fleet=$((fleet + 1)); count=$((count - n))
     wait_for "$name" $((60 + n / 2)) nodes_ready "$first"
   done
