@@ -1,10 +1,15 @@
 //! Scenario 6: in-place resize, Created -> Applied, on hollow nodes with the
 //! real node agent (berth-node-agent, one process per node, each with a token
 //! bound to a pod on its node, as a DaemonSet pod's is; its default
-//! pods/resize path). Baseline, same run, same nodes: the same change sent
-//! straight to `pods/resize` by a client, timed until the container status
-//! reports it (what the kubelet alone takes). Samples alternate between the
-//! two, on every node at once.
+//! pods/resize path). Baselines, same run, same nodes, each on a pod of its
+//! own: the same change sent straight to `pods/resize` by a client, timed
+//! until the container status reports it (what the kubelet alone takes); and
+//! the same after a write to the pod's annotations, sent once a watch shows
+//! the write, timed from it. berth's request is such a write, and the kubelet
+//! syncs a pod at once on a change after a quiet spell, but each further sync
+//! waits for a PLEG relist (every 1 s) newer than the last one. Samples rotate between the three, on
+//! every node at once, each after a pause spread over one relist period so
+//! they do not all meet the relist at the same phase.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -40,8 +45,39 @@ pub struct Report {
     pub berth: Summary,
     /// pods/resize -> container status reports it (kubelet alone).
     pub direct: Summary,
-    /// Per node: (berth, direct) samples in microseconds, in order.
-    pub samples: Vec<(Vec<u64>, Vec<u64>)>,
+    /// Annotation write, then pods/resize -> container status reports it.
+    pub after_write: Summary,
+    /// Per node: berth, direct and after-write samples in microseconds, in order.
+    pub samples: Vec<[Vec<u64>; 3]>,
+}
+
+/// The three ways a sample is taken, in the order of [`Report::samples`].
+#[derive(Clone, Copy)]
+enum Path {
+    Berth,
+    Direct,
+    AfterWrite,
+}
+
+impl Path {
+    const ALL: [Path; 3] = [Path::Berth, Path::Direct, Path::AfterWrite];
+
+    fn pod(self, node: &str) -> String {
+        match self {
+            Path::Berth => format!("rz-{node}"),
+            Path::Direct => format!("direct-{node}"),
+            Path::AfterWrite => format!("touched-{node}"),
+        }
+    }
+}
+
+/// The kubelet's PLEG relist period, over which sample start times are spread.
+const RELIST: Duration = Duration::from_secs(1);
+
+/// The pause before sample `s`: multiples of the golden ratio modulo the
+/// relist period cover it evenly, the same in every run.
+fn phase(s: usize) -> Duration {
+    RELIST.mul_f64((s as f64 * 0.618_034).fract())
 }
 
 fn pod(name: &str, node: &str, managed: bool) -> Result<Pod> {
@@ -106,13 +142,14 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
     let pods: Api<Pod> = ns.api();
     let nodes: Vec<String> = (0..opts.nodes).map(|i| format!("hollow-node-{i}")).collect();
     for node in &nodes {
-        pods.create(&PostParams::default(), &pod(&format!("rz-{node}"), node, true)?).await?;
-        pods.create(&PostParams::default(), &pod(&format!("direct-{node}"), node, false)?).await?;
+        for path in Path::ALL {
+            pods.create(&PostParams::default(), &pod(&path.pod(node), node, matches!(path, Path::Berth))?).await?;
+        }
     }
     let ready = |p: Option<&Pod>| p.is_some_and(berth_e2e::pod_ready);
     for node in &nodes {
-        for name in [format!("rz-{node}"), format!("direct-{node}")] {
-            berth_e2e::wait_for(&pods, &name, Duration::from_secs(120), "Ready", ready).await?;
+        for path in Path::ALL {
+            berth_e2e::wait_for(&pods, &path.pod(node), Duration::from_secs(120), "Ready", ready).await?;
         }
     }
     let mut agents = vec![];
@@ -123,38 +160,45 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
     let per_node = futures::future::try_join_all(nodes.iter().map(|node| {
         let pods = pods.clone();
         async move {
-            let (mut berth, mut direct) = (vec![], vec![]);
+            let mut taken: [Vec<u64>; 3] = Default::default();
+            let mut turn = 0;
             for s in 0..=opts.samples {
                 let cpu = if s % 2 == 0 { "600m" } else { "500m" };
-                // Which goes first alternates, so neither always meets the kubelet just after the other.
-                let (b, d) = if s % 2 == 0 {
-                    let b = through_berth(&pods, &format!("rz-{node}"), cpu).await?;
-                    (b, direct_resize(&pods, &format!("direct-{node}"), cpu).await?)
-                } else {
-                    let d = direct_resize(&pods, &format!("direct-{node}"), cpu).await?;
-                    (through_berth(&pods, &format!("rz-{node}"), cpu).await?, d)
-                };
-                if s > 0 {
-                    berth.push(micros(b));
-                    direct.push(micros(d));
+                // Which goes first rotates, so none always meets the kubelet just after another.
+                for k in 0..Path::ALL.len() {
+                    let i = (s + k) % Path::ALL.len();
+                    tokio::time::sleep(phase(turn)).await;
+                    turn += 1;
+                    let name = Path::ALL[i].pod(node);
+                    let took = match Path::ALL[i] {
+                        Path::Berth => through_berth(&pods, &name, cpu).await?,
+                        Path::Direct => direct_resize(&pods, &name, cpu, false).await?,
+                        Path::AfterWrite => direct_resize(&pods, &name, cpu, true).await?,
+                    };
+                    if s > 0 {
+                        taken[i].push(micros(took));
+                    }
                 }
             }
-            Ok::<_, anyhow::Error>((berth, direct))
+            Ok::<_, anyhow::Error>(taken)
         }
     }))
     .await?;
     drop(agents);
-    let berth: Vec<u64> = per_node.iter().flat_map(|(b, _)| b.iter().copied()).collect();
-    // (kept per node in the report)
-    let direct: Vec<u64> = per_node.iter().flat_map(|(_, d)| d.iter().copied()).collect();
-    let report =
-        Report { nodes: opts.nodes, berth: Summary::of(&berth), direct: Summary::of(&direct), samples: per_node };
+    let all = |i: usize| -> Vec<u64> { per_node.iter().flat_map(|t| t[i].iter().copied()).collect() };
+    let report = Report {
+        nodes: opts.nodes,
+        berth: Summary::of(&all(0)),
+        direct: Summary::of(&all(1)),
+        after_write: Summary::of(&all(2)),
+        samples: per_node,
+    };
+    let ms = |s: &Summary| format!("{:.0}/{:.0} ms", s.p50_us as f64 / 1e3, s.p99_us as f64 / 1e3);
     eprintln!(
-        "[bench] resize: Created->Applied p50/p99 {:.0}/{:.0} ms; pods/resize alone {:.0}/{:.0} ms",
-        report.berth.p50_us as f64 / 1e3,
-        report.berth.p99_us as f64 / 1e3,
-        report.direct.p50_us as f64 / 1e3,
-        report.direct.p99_us as f64 / 1e3
+        "[bench] resize p50/p99: Created->Applied {}; pods/resize alone {}; pods/resize after a pod write {}",
+        ms(&report.berth),
+        ms(&report.direct),
+        ms(&report.after_write)
     );
     Ok(report)
 }
@@ -187,10 +231,22 @@ fn reported_cpu(p: &Pod) -> Option<String> {
     Some(status.resources.as_ref()?.requests.as_ref()?.get("cpu")?.0.clone())
 }
 
-/// Resizes through pods/resize and times it until the container status reports it.
-async fn direct_resize(pods: &Api<Pod>, name: &str, cpu: &str) -> Result<Duration> {
+/// The annotation a pod write before a baseline resize sets.
+const TOUCH: &str = "bench.berth.dev/resize-to";
+
+/// Resizes through pods/resize and times it until the container status
+/// reports it; with `after_write`, after an annotation write, once a watch
+/// shows it (as berth's request is written, then seen), timed from that write.
+async fn direct_resize(pods: &Api<Pod>, name: &str, cpu: &str, after_write: bool) -> Result<Duration> {
     let patch = json!({"spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": cpu}}}]}});
     let t0 = Instant::now();
+    if after_write {
+        // As berth's request: the write, then pods/resize once a watch shows it.
+        let touch = json!({"metadata": {"annotations": {TOUCH: cpu}}});
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(touch)).await?;
+        let seen = |p: Option<&Pod>| p.is_some_and(|p| p.annotations().get(TOUCH).map(String::as_str) == Some(cpu));
+        berth_e2e::wait_for(pods, name, Duration::from_secs(60), "its write seen", seen).await?;
+    }
     pods.patch_resize(name, &PatchParams::default(), &Patch::Strategic(patch)).await?;
     let want = cpu.to_string();
     let done = move |p: Option<&Pod>| p.and_then(reported_cpu).as_deref() == Some(want.as_str());
