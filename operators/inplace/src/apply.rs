@@ -14,6 +14,7 @@ use crate::{InPlaceChanges, patch};
 
 /// Sets the pod's [`berth_api::keys::INPLACE_UPDATE_READY`] condition: False
 /// takes it out of Service endpoints ahead of an update, True brings it back.
+/// Returns the pod as written: a next write can start from it, not a read.
 pub async fn set_gate(
     pods: &Api<Pod>,
     name: &str,
@@ -21,20 +22,21 @@ pub async fn set_gate(
     reason: &str,
     message: &str,
     now: Timestamp,
-) -> kube::Result<()> {
+) -> kube::Result<Pod> {
     let condition = Patch::Strategic(patch::readiness_patch(open, reason, message, now));
-    pods.patch_status(name, &PatchParams::default(), &condition).await.map(|_| ())
+    pods.patch_status(name, &PatchParams::default(), &condition).await
 }
 
 /// Sends the start patch of an update to `revision` (recorded in
-/// `revision_label`, or only in `changes.annotations` when `None`). The kubelet
+/// `revision_label`, or only in `changes.annotations` when `None`), built from
+/// `pod` (as the gate write returned it: one read fewer per pod). The kubelet
 /// rewrites the pod's status as the gate closes, so the resourceVersion-guarded
 /// patch can meet a newer pod: re-read and retry while `marker` (what the plan
 /// was made from, e.g. the pod's revision) is unchanged; if it moved, another
 /// pass re-plans and this returns `Ok(false)`.
 pub async fn start(
     pods: &Api<Pod>,
-    name: &str,
+    pod: Pod,
     revision: &str,
     revision_label: Option<&str>,
     changes: &InPlaceChanges,
@@ -42,7 +44,7 @@ pub async fn start(
     now: Timestamp,
 ) -> kube::Result<bool> {
     let build = |pod: &Pod| patch::start_patch_labelled(pod, changes, revision, revision_label, now);
-    guarded(pods, name, (revision, false), marker, build).await
+    guarded(pods, pod, (revision, false), marker, build).await
 }
 
 /// Starts the resize phase of an update to `revision`: submits `request`
@@ -56,10 +58,10 @@ pub async fn start_resize(
     now: Timestamp,
 ) -> kube::Result<bool> {
     let build = |pod: &Pod| patch::start_resize_patch(pod, request, revision, now);
-    guarded(pods, name, (revision, true), marker, build).await
+    guarded(pods, pods.get(name).await?, (revision, true), marker, build).await
 }
 
-/// Sends the resourceVersion-guarded patch `build` makes from the pod,
+/// Sends the resourceVersion-guarded patch `build` makes from `current`,
 /// re-reading and retrying on a conflict while `marker` is unchanged.
 /// Nothing is sent (`Ok(false)`) if the fresh pod shows the start already
 /// made: a plan from a stale cache (a new leader, a relist) would otherwise
@@ -67,12 +69,12 @@ pub async fn start_resize(
 /// and the update would wait forever for a change that already happened.
 async fn guarded(
     pods: &Api<Pod>,
-    name: &str,
+    mut current: Pod,
     (revision, resize): (&str, bool),
     marker: impl Fn(&Pod) -> Option<String>,
     build: impl Fn(&Pod) -> serde_json::Value,
 ) -> kube::Result<bool> {
-    let mut current = pods.get(name).await?;
+    let name = &current.metadata.name.clone().unwrap_or_default();
     if already_started(&current, revision, resize, &marker) {
         return Ok(false);
     }

@@ -73,12 +73,12 @@ pub async fn execute(
             // (Normal with no preUpdate hook, else PreparingUpdate) moves to
             // Updating in the same guarded patch: every pod write before the
             // restart costs the kubelet one more relist (about 1 s) per pod.
-            apply::set_gate(pods, name, false, "InPlaceUpdating", &message, now).await?;
+            let gated = apply::set_gate(pods, name, false, "InPlaceUpdating", &message, now).await?;
             let mut changes = changes.clone();
             changes.annotations.insert(keys::LIFECYCLE_STATE.into(), Some(LifecycleState::Updating.as_str().into()));
             let revision_of = |p: &Pod| p.labels().get(keys::CONTROLLER_REVISION_HASH).cloned();
             let label = Some(keys::CONTROLLER_REVISION_HASH);
-            if !apply::start(pods, name, revision, label, &changes, revision_of, now).await? {
+            if !apply::start(pods, gated, revision, label, &changes, revision_of, now).await? {
                 return Ok(false);
             }
             let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
@@ -104,8 +104,8 @@ pub async fn execute(
             .await;
         }
         Action::FinishInPlace { name } => {
-            apply::set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
-            let pod = pods.get(name).await?;
+            // The lifecycle write starts from the pod the gate write returned (guarded, re-read on a conflict).
+            let pod = apply::set_gate(pods, name, true, "InPlaceUpdated", "", now).await?;
             if lifecycle_of(&pod) == Some(LifecycleState::Updating) {
                 // One write drops the update record and leaves Updating.
                 let hook = set.spec.lifecycle.as_ref().and_then(|l| l.post_update.clone());
@@ -129,7 +129,9 @@ pub async fn execute(
             publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
                 .await;
         }
-        Action::OpenGate { name } => apply::set_gate(pods, name, true, "Ready", "", now).await?,
+        Action::OpenGate { name } => {
+            apply::set_gate(pods, name, true, "Ready", "", now).await?;
+        }
         Action::DeleteRequested { name } => {
             delete_pod(pods, name).await?;
             forget_pod_to_delete(ctx, set, name).await?;
@@ -232,7 +234,8 @@ async fn prepare_update(pods: &Api<Pod>, name: &str, reason: &str, message: &str
     if matches!(lifecycle_of(&pod), None | Some(LifecycleState::Normal)) {
         transition(pods, &pod, LifecycleState::PreparingUpdate, None).await?;
     }
-    Ok(apply::set_gate(pods, name, false, reason, message, now).await?)
+    apply::set_gate(pods, name, false, reason, message, now).await?;
+    Ok(())
 }
 
 fn lifecycle_of(pod: &Pod) -> Option<LifecycleState> {

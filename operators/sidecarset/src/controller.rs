@@ -255,12 +255,12 @@ async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, act
         Action::Upgrade { namespace, name, changes } => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
             let message = format!("upgrading sidecars to {}", latest.revision);
-            apply::set_gate(&pods, name, false, "SidecarUpgrading", &message, now).await?;
+            let gated = apply::set_gate(&pods, name, false, "SidecarUpgrading", &message, now).await?;
             let set_name = set.name_any();
             let marker = |p: &Pod| {
                 injected_revisions(p.metadata.annotations.as_ref()).ok()?.get(&set_name).map(|r| r.revision.clone())
             };
-            if apply::start(&pods, name, &latest.revision, None, changes, marker, now).await? {
+            if apply::start(&pods, gated, &latest.revision, None, changes, marker, now).await? {
                 let images: Vec<_> = changes.images.iter().map(|(c, i)| format!("{c}={i}")).collect();
                 info!(sidecarset = %set_name, pod = %name, %namespace, ?images, "sidecar upgrade started");
                 let note = format!("{namespace}/{name}: {message} ({})", images.join(", "));
@@ -274,7 +274,7 @@ async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, act
             publish(ctx, set, Some((namespace, name)), EventType::Normal, "SidecarUpgraded", note).await;
         }
         Action::OpenGate { namespace, name } => {
-            apply::set_gate(&Api::namespaced(ctx.client.clone(), namespace), name, true, "Ready", "", now).await?
+            apply::set_gate(&Api::namespaced(ctx.client.clone(), namespace), name, true, "Ready", "", now).await?;
         }
     }
     Ok(())
