@@ -268,7 +268,8 @@ cmd_nodes() {
       --state-dir "$STATE/nodes" --max-pods "${HOLLOW_MAX_PODS:-110}" \
       --kube-api-qps "${HOLLOW_KUBE_API_QPS:-50}" --v 1
     first=$((first + n)); fleet=$((fleet + 1)); count=$((count - n))
-    wait_for "$name" $((60 + n / 2)) nodes_ready "$first"
+    # A loaded apiserver (a thousand nodes already) registers a fleet slowly.
+    wait_for "$name" $((120 + n)) nodes_ready "$first"
   done
 }
 
