@@ -7,9 +7,9 @@
 //! the same after a write to the pod's annotations, sent once a watch shows
 //! the write, timed from it. berth's request is such a write, and the kubelet
 //! syncs a pod at once on a change after a quiet spell, but each further sync
-//! waits for a PLEG relist (every 1 s) newer than the last one. Samples rotate between the three, on
-//! every node at once, each after a pause spread over one relist period so
-//! they do not all meet the relist at the same phase.
+//! waits for a PLEG relist (every 1 s) newer than the last one. Samples rotate
+//! between the three, on every node at once, each after a pause spread over
+//! one relist period so they do not all meet the relist at the same phase.
 
 use std::{path::PathBuf, time::Duration};
 
