@@ -68,16 +68,26 @@ where
 /// burst of pod events (a scale-up, a stream of pod creations) becomes one
 /// reconcile per interval instead of one per event: each reconcile reads every
 /// pod of the set and writes status, so per event it cost O(pods) each time.
-/// The first trigger after a quiet spell runs at once.
+/// The first trigger after a quiet spell runs at once, and so does a change of
+/// the object's own spec (a new `metadata.generation`: a scale, a new
+/// template), which a user waits on.
 pub struct Pacer<K> {
     interval: Duration,
-    ended: Mutex<HashMap<K, Instant>>,
+    ended: Mutex<HashMap<K, Ended>>,
+}
+
+/// When the last reconcile of an object ended, and the generation it saw.
+#[derive(Clone, Copy)]
+struct Ended {
+    at: Instant,
+    generation: Option<i64>,
 }
 
 /// Records when a paced reconcile ended (on drop, so errors count too).
 pub struct Paced<'a, K: Eq + Hash + Clone> {
     pacer: &'a Pacer<K>,
     key: K,
+    generation: Option<i64>,
 }
 
 impl<K: Eq + Hash + Clone> Pacer<K> {
@@ -85,34 +95,37 @@ impl<K: Eq + Hash + Clone> Pacer<K> {
         Self { interval, ended: Mutex::new(HashMap::new()) }
     }
 
-    /// How long a reconcile of `key` starting at `now` must wait.
-    pub fn wait_at(&self, key: &K, now: Instant) -> Duration {
+    /// How long a reconcile of `key` at `generation` starting at `now` must wait.
+    pub fn wait_at(&self, key: &K, generation: Option<i64>, now: Instant) -> Duration {
         let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        ended.get(key).map_or(Duration::ZERO, |&t| (t + self.interval).saturating_duration_since(now))
+        match ended.get(key) {
+            Some(last) if last.generation == generation => (last.at + self.interval).saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
     }
 
     /// Waits for `key`'s turn; the returned guard marks the reconcile's end.
-    pub async fn pace(&self, key: K) -> Paced<'_, K> {
-        let wait = self.wait_at(&key, Instant::now());
+    pub async fn pace(&self, key: K, generation: Option<i64>) -> Paced<'_, K> {
+        let wait = self.wait_at(&key, generation, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Paced { pacer: self, key }
+        Paced { pacer: self, key, generation }
     }
 
-    fn ended(&self, key: K, at: Instant) {
+    fn ended(&self, key: K, generation: Option<i64>, at: Instant) {
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         // Entries past their interval no longer delay anything.
         if ended.len() >= 1024 {
-            ended.retain(|_, t| at.saturating_duration_since(*t) < self.interval);
+            ended.retain(|_, last| at.saturating_duration_since(last.at) < self.interval);
         }
-        ended.insert(key, at);
+        ended.insert(key, Ended { at, generation });
     }
 }
 
 impl<K: Eq + Hash + Clone> Drop for Paced<'_, K> {
     fn drop(&mut self) {
-        self.pacer.ended(self.key.clone(), Instant::now());
+        self.pacer.ended(self.key.clone(), self.generation, Instant::now());
     }
 }
 
@@ -124,19 +137,33 @@ mod tests {
     fn a_reconcile_waits_out_the_interval_after_the_last_one_of_the_same_object() {
         let pacer = Pacer::new(Duration::from_millis(200));
         let t0 = Instant::now();
-        assert_eq!(pacer.wait_at(&"a", t0), Duration::ZERO, "nothing ran yet: at once");
-        pacer.ended("a", t0);
-        assert_eq!(pacer.wait_at(&"a", t0 + Duration::from_millis(50)), Duration::from_millis(150));
-        assert_eq!(pacer.wait_at(&"a", t0 + Duration::from_millis(300)), Duration::ZERO, "quiet long enough");
-        assert_eq!(pacer.wait_at(&"b", t0), Duration::ZERO, "other objects are not held back");
+        assert_eq!(pacer.wait_at(&"a", Some(1), t0), Duration::ZERO, "nothing ran yet: at once");
+        pacer.ended("a", Some(1), t0);
+        assert_eq!(pacer.wait_at(&"a", Some(1), t0 + Duration::from_millis(50)), Duration::from_millis(150));
+        assert_eq!(pacer.wait_at(&"a", Some(1), t0 + Duration::from_millis(300)), Duration::ZERO, "quiet long enough");
+        assert_eq!(pacer.wait_at(&"b", Some(1), t0), Duration::ZERO, "other objects are not held back");
+    }
+
+    #[test]
+    fn a_new_generation_of_the_object_runs_at_once() {
+        let pacer = Pacer::new(Duration::from_millis(200));
+        let t0 = Instant::now();
+        pacer.ended("a", Some(1), t0);
+        assert_eq!(pacer.wait_at(&"a", Some(2), t0), Duration::ZERO, "its spec changed: a user waits on it");
+        pacer.ended("a", Some(2), t0 + Duration::from_millis(10));
+        assert_eq!(
+            pacer.wait_at(&"a", Some(2), t0 + Duration::from_millis(10)),
+            Duration::from_millis(200),
+            "pod events after it are paced again"
+        );
     }
 
     #[test]
     fn a_zero_interval_never_waits() {
         let pacer = Pacer::new(Duration::ZERO);
         let t0 = Instant::now();
-        pacer.ended("a", t0);
-        assert_eq!(pacer.wait_at(&"a", t0), Duration::ZERO);
+        pacer.ended("a", None, t0);
+        assert_eq!(pacer.wait_at(&"a", None, t0), Duration::ZERO);
     }
 
     #[test]
@@ -144,16 +171,16 @@ mod tests {
         let pacer = Pacer::new(Duration::from_millis(10));
         let t0 = Instant::now();
         for i in 0..1024 {
-            pacer.ended(i, t0);
+            pacer.ended(i, None, t0);
         }
-        pacer.ended(5000, t0 + Duration::from_secs(1));
+        pacer.ended(5000, None, t0 + Duration::from_secs(1));
         assert_eq!(pacer.ended.lock().unwrap().len(), 1, "only the fresh entry is kept");
     }
 
     #[tokio::test]
     async fn the_guard_records_the_end_when_dropped() {
         let pacer = Pacer::new(Duration::from_secs(60));
-        drop(pacer.pace("a").await);
-        assert!(pacer.wait_at(&"a", Instant::now()) > Duration::from_secs(59));
+        drop(pacer.pace("a", Some(3)).await);
+        assert!(pacer.wait_at(&"a", Some(3), Instant::now()) > Duration::from_secs(59));
     }
 }

@@ -140,7 +140,7 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     }
     let ns = set.namespace().ok_or_else(|| Error::NoNamespace(set.name_any()))?;
     let name = set.name_any();
-    let _paced = ctx.pacer.pace(format!("{ns}/{name}")).await;
+    let _paced = ctx.pacer.pace(format!("{ns}/{name}"), set.metadata.generation).await;
     let client = &ctx.client;
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let update_revision = revision_name(&name, &set.spec.template, collision);

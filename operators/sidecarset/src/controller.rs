@@ -146,7 +146,7 @@ fn error_policy(set: Arc<SidecarSet>, error: &Error, _: Arc<Context>) -> Requeue
 }
 
 async fn reconcile(set: Arc<SidecarSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let _paced = ctx.pacer.pace(set.name_any()).await;
+    let _paced = ctx.pacer.pace(set.name_any(), set.metadata.generation).await;
     let api: Api<SidecarSet> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, set, |event| async {
         match event {
