@@ -58,7 +58,8 @@ struct Args {
     /// Milliseconds one InplaceSet or SidecarSet waits after its last reconcile
     /// before the next: the pod events of a burst are handled together, where
     /// each would otherwise read all of the set's pods and write its status.
-    /// The first change after a quiet spell is handled at once. 0: no wait.
+    /// The first change after a quiet spell, and a change of the set's own
+    /// spec (a scale, a new template), is handled at once. 0: no wait.
     #[arg(long, env = "BERTH_RECONCILE_INTERVAL_MS", value_name = "MS", default_value_t = 200)]
     reconcile_interval_ms: u64,
 
