@@ -4,7 +4,7 @@
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
 };
 
@@ -74,7 +74,7 @@ async fn guarded(
     marker: impl Fn(&Pod) -> Option<String>,
     build: impl Fn(&Pod) -> serde_json::Value,
 ) -> kube::Result<bool> {
-    let name = &current.metadata.name.clone().unwrap_or_default();
+    let name = &current.name_any();
     if already_started(&current, revision, resize, &marker) {
         return Ok(false);
     }
