@@ -12,7 +12,12 @@ BERTH_K8S     := $(K8S_DIR)/berth-k8s
 E2E_STATE     := $(CURDIR)/target/e2e
 KUBECONFIG_LOCAL := $(E2E_STATE)/kubeconfig
 NODES         ?= 3
-export BERTH_K8S E2E_STATE
+# kwok (sigs.k8s.io/kwok): the node simulator of the bench's scale search,
+# thousands of nodes in one light process; built from its Go module.
+KWOK_VERSION  := v0.8.0
+KWOK_DIR      := $(CACHE)/kwok-$(KWOK_VERSION)
+BERTH_KWOK    := $(KWOK_DIR)/kwok
+export BERTH_K8S E2E_STATE BERTH_KWOK
 
 K8S_LDFLAGS := -s -w \
   -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
@@ -69,6 +74,19 @@ chart-sync: ## copy crds/ and config/rbac into the Helm chart and config/crd (on
 .PHONY: chart-check
 chart-check: $(BERTH_HELM) $(BERTH_K8S) ## Helm chart and Kustomize overlays: lint, render each option, schema refusals, staleness (no cluster)
 	e2e/helm/chart-check.sh
+
+# kwok and its stock stages (node initialize, heartbeat with lease, pod fast)
+# in one config file beside it; only `make bench` needs them.
+.PHONY: kwok-bin
+kwok-bin: $(BERTH_KWOK) ## build kwok, the scale search's node simulator
+$(BERTH_KWOK):
+	@mkdir -p $(KWOK_DIR)
+	GOBIN=$(KWOK_DIR)/tmp go install -trimpath sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	@dir=$$(go mod download -json sigs.k8s.io/kwok@$(KWOK_VERSION) | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
+	  for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+	    pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do \
+	    echo '---'; cat "$$dir/kustomize/stage/$$f.yaml"; done > $(KWOK_DIR)/stages.yaml
+	@mv $(KWOK_DIR)/tmp/kwok $(BERTH_KWOK) && rmdir $(KWOK_DIR)/tmp
 
 $(E2E_STATE)/bin/kubectl: $(BERTH_K8S)
 	@mkdir -p $(E2E_STATE)/bin && printf '#!/bin/sh\nexec %s kubectl "$$@"\n' "$(BERTH_K8S)" > $@ && chmod +x $@
@@ -175,7 +193,7 @@ bench-webhook: deps ## benchmark: webhook latency at 1000 reviews/s, pod create 
 # 20 min on 2 cores.
 BENCH_NODES ?= 20
 .PHONY: bench
-bench: deps $(BERTH_K8S) ## benchmark: every scenario, one table + target/bench/{bench.json,*.svg} (BENCH_ARGS=..., BENCH_NODES=20)
+bench: deps $(BERTH_K8S) $(BERTH_KWOK) ## benchmark: every scenario, one table + target/bench/{bench.json,*.svg} (BENCH_ARGS=..., BENCH_NODES=20)
 	@target_dir=$${CARGO_TARGET_DIR:-$(CURDIR)/target}; \
 	cargo build --locked --release -p berth-manager -p berth-node-agent -p berth-bench && \
 	$(MAKE) --no-print-directory cluster-up E2E_STATE=$(BENCH_STATE) NODES=$(BENCH_NODES) && \

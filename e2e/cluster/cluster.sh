@@ -9,6 +9,7 @@
 #   cluster.sh token NS SA      mint a token for a service account
 #   cluster.sh kubeconfig NS SA FILE   write a kubeconfig acting as that service account
 #   cluster.sh nodes N          start another hollow-fleet process adding N nodes
+#   cluster.sh kwok-nodes N     add N nodes simulated by kwok (one process for all; for scale)
 #   cluster.sh restart-apiserver   stop kube-apiserver and start it again (same flags and port)
 #
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
@@ -16,6 +17,7 @@
 # HOLLOW_NODES_PER_FLEET (hollow nodes per fleet process; default from the open-files limit).
 # HOLLOW_KUBE_API_QPS (client QPS of each hollow kubelet, burst twice that; default 50, a
 #   kubelet's kubeAPIQPS; kubemark's own default of 10 is shared there with the kubelet's Events).
+# BERTH_KWOK (the kwok binary, `make kwok-bin`; its stages.yaml beside it), for kwok-nodes.
 # APISERVER_PROFILING=true serves kube-apiserver's /debug/pprof (for profiling a bench; off by default).
 set -euo pipefail
 
@@ -273,6 +275,45 @@ cmd_nodes() {
   done
 }
 
+# cmd_kwok_nodes N: N more Node objects (kwok-node-I), kept alive by one kwok
+# process: it initializes them, renews their leases (40 s, a kubelet's
+# default) and runs the pods bound to them through kwok's stock stages. The
+# taint keeps other workloads on the hollow nodes, whose kubelet code the
+# in-place paths need; the nodes still count for the scheduler, the
+# controllers' node watches and the apiserver's load.
+cmd_kwok_nodes() {
+  local count="$1" kwok="${BERTH_KWOK:-}" first
+  [[ -n "$kwok" && -x "$kwok" ]] || die "BERTH_KWOK must name the kwok binary (make kwok-bin builds it); got '${kwok}'"
+  first=$(kubectl get nodes -l berth.dev/node-simulator=kwok --no-headers 2>/dev/null | wc -l)
+  if ! alive kwok; then
+    setsid "$kwok" --kubeconfig "$KUBECONFIG_FILE" --config "$(dirname "$kwok")/stages.yaml" \
+      --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+      --node-lease-duration-seconds 40 --cidr 10.128.0.0/12 --v WARN >"$LOGS/kwok.log" 2>&1 < /dev/null &
+    echo $! >"$PIDS/kwok.pid"
+  fi
+  log "kwok: $count nodes (kwok-node-$first..$((first + count - 1)))"
+  local i
+  for (( i = first; i < first + count; i++ )); do
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64, berth.dev/node-simulator: kwok}
+spec:
+  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+YAML
+  done > "$STATE/kwok-nodes.yaml"
+  kubectl create -f "$STATE/kwok-nodes.yaml" >/dev/null
+  local total; total=$(kubectl get nodes --no-headers | wc -l)
+  wait_for kwok $((60 + count / 10)) nodes_ready "$total"
+}
+
 nodes_ready() {
   local ready
   ready=$(kubectl get nodes --no-headers 2>/dev/null | awk '$2 == "Ready"' | wc -l)
@@ -296,7 +337,7 @@ cmd_down() {
     done
   fi
   rm -rf "$STATE/etcd" "$STATE/nodes" "$PIDS" "$PKI" "$STATE"/*.kubeconfig "$STATE/kubeconfig" \
-    "$STATE/server" "$STATE"/hollow-fleet-*.count
+    "$STATE/server" "$STATE"/hollow-fleet-*.count "$STATE/kwok-nodes.yaml"
   log "down: stopped $stopped processes (logs kept in $LOGS)"
 }
 
@@ -345,6 +386,7 @@ case "${1:-}" in
   token) shift; cmd_token "$@" ;;
   kubeconfig) shift; cmd_kubeconfig "$@" ;;
   nodes) shift; cmd_nodes "$@" ;;
+  kwok-nodes) shift; cmd_kwok_nodes "$@" ;;
   restart-apiserver) cmd_restart_apiserver ;;
-  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N | restart-apiserver" >&2; exit 2 ;;
+  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N | kwok-nodes N | restart-apiserver" >&2; exit 2 ;;
 esac

@@ -51,9 +51,12 @@ struct Args {
     /// Requests in flight when the bench creates pods (the plain-client baseline, the cache filler).
     #[arg(long, default_value_t = 16)]
     create_concurrency: usize,
-    /// Steps of the cache/scale search, `PODS` or `NODES:PODS` (nodes are added with cluster.sh nodes).
+    /// Steps of the cache/scale search, `PODS` or `NODES:PODS` (nodes added by --scale-node-simulator).
     #[arg(long, value_delimiter = ',', default_value = "2000,10000,20000")]
     cache_steps: Vec<cache::Step>,
+    /// What simulates the nodes the scale search adds (the scenarios before it run on the hollow nodes).
+    #[arg(long, value_enum, default_value_t = cache::NodeSimulator::Kwok)]
+    scale_node_simulator: cache::NodeSimulator,
     /// Reaction probes per step (each of InplaceSet and StatefulSet).
     #[arg(long, default_value_t = 10)]
     cache_probes: usize,
@@ -250,6 +253,7 @@ async fn main() -> Result<()> {
             &run,
             &cache::Options {
                 steps: args.cache_steps.clone(),
+                node_simulator: args.scale_node_simulator,
                 concurrency: args.create_concurrency,
                 probes: args.cache_probes,
                 settle: Duration::from_secs(args.cache_settle),
@@ -379,8 +383,12 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
                     None,
                     Goal::ValueAtLeast { limit: 50000.0 },
                 ));
+                let simulated_by = match r.node_simulator {
+                    cache::NodeSimulator::Kwok => "kwok",
+                    cache::NodeSimulator::Hollow => "hollow kubelets",
+                };
                 rows.push(Row::new(
-                    "scale reached: nodes, reaction p99 < 1 s",
+                    &format!("scale reached: nodes (added: {simulated_by}), reaction p99 < 1 s"),
                     "nodes",
                     top.nodes as f64,
                     None,

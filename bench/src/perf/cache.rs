@@ -1,8 +1,9 @@
 //! Scenarios 4 and 7: the manager's memory per cached pod, and the largest
 //! pod (and node) counts at which it still reacts within a second.
 //!
-//! Steps of `[NODES:]PODS`: before a step, hollow nodes are added up to NODES
-//! (`cluster.sh nodes`) and berth-managed pods (label `berth.dev/managed`,
+//! Steps of `[NODES:]PODS`: before a step, nodes are added up to NODES
+//! (kwok nodes by default, `cluster.sh kwok-nodes`; or hollow kubelets,
+//! `cluster.sh nodes`) and berth-managed pods (label `berth.dev/managed`,
 //! held by a scheduling gate: they exist in etcd and in every pod cache,
 //! never run) up to PODS. At each step:
 //! - memory: the manager's VmRSS; per cached pod = (RSS now - RSS with none) / pods;
@@ -51,9 +52,29 @@ impl std::str::FromStr for Step {
     }
 }
 
+/// What simulates the nodes a step adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeSimulator {
+    /// kwok: one light process for all nodes (leases, status, pods of its stock stages).
+    Kwok,
+    /// kubemark hollow kubelets: kubelet code, about a core per 1,000 nodes here.
+    Hollow,
+}
+
+impl NodeSimulator {
+    fn cluster_command(self) -> &'static str {
+        match self {
+            Self::Kwok => "kwok-nodes",
+            Self::Hollow => "nodes",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub steps: Vec<Step>,
+    pub node_simulator: NodeSimulator,
     pub concurrency: usize,
     /// Probes (each kind) per step.
     pub probes: usize,
@@ -76,6 +97,8 @@ pub struct StepReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// What simulated the nodes the steps added.
+    pub node_simulator: NodeSimulator,
     pub rss_without_pods: u64,
     /// Size of one such pod as the apiserver serves it (JSON), for scale.
     pub pod_json_bytes: usize,
@@ -97,11 +120,12 @@ async fn node_count(client: &Client) -> Result<usize> {
     Ok(Api::<Node>::all(client.clone()).list_metadata(&ListParams::default()).await?.items.len())
 }
 
-fn add_nodes(n: usize) -> Result<()> {
+fn add_nodes(simulator: NodeSimulator, n: usize) -> Result<()> {
+    let command = simulator.cluster_command();
     let status = std::process::Command::new(berth_e2e::repo_root().join("e2e/cluster/cluster.sh"))
-        .args(["nodes", &n.to_string()])
+        .args([command, &n.to_string()])
         .status()?;
-    anyhow::ensure!(status.success(), "cluster.sh nodes {n}: {status}");
+    anyhow::ensure!(status.success(), "cluster.sh {command} {n}: {status}");
     Ok(())
 }
 
@@ -125,7 +149,7 @@ async fn search(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result<
     let sample = held_pod("sizer", labels.clone())?;
     let served = pods.create(&PostParams::default(), &sample).await?;
     let pod_json_bytes = serde_json::to_vec(&served)?.len();
-    let mut report = Report { rss_without_pods, pod_json_bytes, steps: vec![], stopped: None };
+    let mut report = Report { node_simulator: opts.node_simulator, rss_without_pods, pod_json_bytes, steps: vec![], stopped: None };
     let mut have = 1usize;
     let probes = Probes::create(ns).await?;
     for step in &opts.steps {
@@ -133,8 +157,8 @@ async fn search(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result<
             if let Some(want) = step.nodes {
                 let now = node_count(client).await?;
                 if want > now {
-                    eprintln!("[bench] scale: adding {} hollow nodes", want - now);
-                    add_nodes(want - now)?;
+                    eprintln!("[bench] scale: adding {} {:?} nodes", want - now, opts.node_simulator);
+                    add_nodes(opts.node_simulator, want - now)?;
                 }
             }
             if step.pods > have {
