@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     create_concurrency: usize,
     /// Steps of the cache/scale search, `PODS` or `NODES:PODS` (nodes added by --scale-node-simulator).
-    #[arg(long, value_delimiter = ',', default_value = "2000,10000,20000")]
+    #[arg(long, value_delimiter = ',', default_value = "2000,10000,20000,2000:50000")]
     cache_steps: Vec<cache::Step>,
     /// What simulates the nodes the scale search adds (the scenarios before it run on the hollow nodes).
     #[arg(long, value_enum, default_value_t = cache::NodeSimulator::Kwok)]
@@ -383,12 +383,8 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
                     None,
                     Goal::ValueAtLeast { limit: 50000.0 },
                 ));
-                let simulated_by = match r.node_simulator {
-                    cache::NodeSimulator::Kwok => "kwok",
-                    cache::NodeSimulator::Hollow => "hollow kubelets",
-                };
                 rows.push(Row::new(
-                    &format!("scale reached: nodes (added: {simulated_by}), reaction p99 < 1 s"),
+                    &format!("scale reached: nodes (added: {}), reaction p99 < 1 s", r.node_simulator.name()),
                     "nodes",
                     top.nodes as f64,
                     None,

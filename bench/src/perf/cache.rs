@@ -63,6 +63,13 @@ pub enum NodeSimulator {
 }
 
 impl NodeSimulator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kwok => "kwok",
+            Self::Hollow => "hollow kubelets",
+        }
+    }
+
     fn cluster_command(self) -> &'static str {
         match self {
             Self::Kwok => "kwok-nodes",
@@ -157,7 +164,7 @@ async fn search(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result<
             if let Some(want) = step.nodes {
                 let now = node_count(client).await?;
                 if want > now {
-                    eprintln!("[bench] scale: adding {} {:?} nodes", want - now, opts.node_simulator);
+                    eprintln!("[bench] scale: adding {} nodes ({})", want - now, opts.node_simulator.name());
                     add_nodes(opts.node_simulator, want - now)?;
                 }
             }
