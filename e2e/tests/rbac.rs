@@ -56,7 +56,7 @@ const MANAGER: &[&str] = &[
     "apps.berth.dev/sidecarsets/status: patch",
     "apps.berth.dev/sidecarsets: get,list,watch",
     "apps.berth.dev/sidecarsets: patch",
-    "apps/controllerrevisions: create,delete,get,list",
+    "apps/controllerrevisions: create,delete,get,list,watch",
     "events.k8s.io/events: create,patch",
 ];
 

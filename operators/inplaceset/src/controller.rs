@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
@@ -61,6 +61,8 @@ pub struct Context {
     pub(crate) client: Client,
     pods: PodCache,
     claims: Store<PersistentVolumeClaim>,
+    /// Every set's ControllerRevisions, so a reconcile reads its history without a LIST.
+    revisions: Store<ControllerRevision>,
     recorder: Recorder,
     /// Pod writes (creations, in-place steps) in flight at once for one set.
     pod_writes: usize,
@@ -89,20 +91,35 @@ pub async fn run(
     .modify(|c| c.managed_fields_mut().clear())
     .reflect(claims_writer)
     .for_each(|_| futures::future::ready(()));
+    // The sets' revisions carry the set label; a reconcile that finds its
+    // revision missing (not yet seen here) creates it and takes the 409.
+    let (revisions, revisions_writer) = reflector::store();
+    let revision_stream = watcher(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().labels(keys::INPLACESET_NAME),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(revisions_writer)
+    .for_each(|_| futures::future::ready(()));
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pods.clone(),
         claims: claims.clone(),
+        revisions: revisions.clone(),
         recorder,
         pod_writes: pod_writes.max(1),
         pacer: Pacer::new(interval),
     });
     let controller = async move {
         // Plan only from full caches: an empty one would look like missing pods.
-        if pods.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
-            warn!("pod or claim cache never became ready");
+        if pods.wait_until_ready().await.is_err()
+            || claims.wait_until_ready().await.is_err()
+            || revisions.wait_until_ready().await.is_err()
+        {
+            warn!("pod, claim or revision cache never became ready");
             return;
         }
         let results = Controller::new(Api::<InplaceSet>::all(client), watcher::Config::default())
@@ -111,9 +128,9 @@ pub async fn run(
             .run(reconcile, error_policy, ctx);
         berth_inplace::controllers::run_logged(results, "inplaceset").await;
     };
-    // The claim watch lives exactly as long as the controller (a fenced leader drops both).
+    // The claim and revision watches live exactly as long as the controller (a fenced leader drops all).
     let claim_watch = async {
-        claim_stream.await;
+        futures::join!(claim_stream, revision_stream);
         std::future::pending::<()>().await
     };
     tokio::select! {
@@ -144,7 +161,8 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let client = &ctx.client;
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let update_revision = revision_name(&name, &set.spec.template, collision);
-    let (templates, revision_numbers) = match ensure_revisions(client, &set, &ns, &update_revision).await {
+    let history = revisions_of(&ctx, &set, &ns);
+    let (templates, revision_numbers) = match ensure_revisions(client, &set, &ns, history, &update_revision).await {
         Err(Error::HashCollision(taken)) => {
             warn!(inplaceset = %name, revision = %taken, "revision hash collision; bumping status.collisionCount");
             // A merge patch: an apply of this one field would drop the rest of the status.
@@ -254,6 +272,8 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     for old in history::prune(&revision_numbers, &in_use, &update_revision, set.spec.revision_history_limit) {
         match revisions.delete(&old, &DeleteParams::default()).await {
             Ok(_) => info!(inplaceset = %name, revision = %old, "pruned revision beyond revisionHistoryLimit"),
+            // Pruned by an earlier pass; the cache had not seen it go yet.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => warn!(inplaceset = %name, revision = %old, error = %e, "could not prune revision"),
         }
     }
@@ -327,21 +347,31 @@ async fn report_rollout(
     publish(ctx, set, None, type_, &format!("Rollout{}", after.state), "Rollout", note).await;
 }
 
-/// Lists the set's ControllerRevisions (revision name → template) and
+/// The set's ControllerRevisions from the revision cache (not being deleted).
+fn revisions_of(ctx: &Context, set: &InplaceSet, ns: &str) -> Vec<Arc<ControllerRevision>> {
+    let name = set.name_any();
+    ctx.revisions
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns) && r.labels().get(keys::INPLACESET_NAME) == Some(&name))
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// The set's ControllerRevisions (revision name → template, and numbers);
 /// creates the one for the current template if it is missing.
 async fn ensure_revisions(
     client: &Client,
     set: &InplaceSet,
     ns: &str,
+    history: Vec<Arc<ControllerRevision>>,
     update_revision: &str,
 ) -> Result<(BTreeMap<String, PodTemplateSpec>, Vec<(String, i64)>), Error> {
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
-    let list =
-        api.list(&ListParams::default().labels(&format!("{}={}", keys::INPLACESET_NAME, set.name_any()))).await?;
     let mut templates = BTreeMap::new();
     let mut numbers = Vec::new();
     let mut highest = 0;
-    for rev in list.items {
+    for rev in history {
         let name = rev.name_any();
         highest = highest.max(rev.revision.unwrap_or(0));
         numbers.push((name.clone(), rev.revision.unwrap_or(0)));
