@@ -282,7 +282,8 @@ cmd_nodes() {
 # in-place paths need; the nodes still count for the scheduler, the
 # controllers' node watches and the apiserver's load.
 cmd_kwok_nodes() {
-  local count="$1" kwok="${BERTH_KWOK:-}" first
+  local count="${1:-}" kwok="${BERTH_KWOK:-}" first
+  [[ "$count" =~ ^[1-9][0-9]*$ ]] || die "kwok-nodes takes a node count, a whole number of 1 or more; got '$count'"
   [[ -n "$kwok" && -x "$kwok" ]] || die "BERTH_KWOK must name the kwok binary (make kwok-bin builds it); got '${kwok}'"
   first=$(kubectl get nodes -l berth.dev/node-simulator=kwok --no-headers 2>/dev/null | wc -l)
   if ! alive kwok; then
@@ -310,14 +311,14 @@ status:
 YAML
   done > "$STATE/kwok-nodes.yaml"
   kubectl create -f "$STATE/kwok-nodes.yaml" >/dev/null
-  local total; total=$(kubectl get nodes --no-headers | wc -l)
-  wait_for kwok $((60 + count / 10)) nodes_ready "$total"
+  wait_for kwok $((60 + count / 10)) nodes_ready $((first + count)) -l berth.dev/node-simulator=kwok
 }
 
+# nodes_ready N [SELECTOR...]: at least N nodes (of those selected) are Ready.
 nodes_ready() {
-  local ready
-  ready=$(kubectl get nodes --no-headers 2>/dev/null | awk '$2 == "Ready"' | wc -l)
-  (( ready >= $1 ))
+  local want="$1" ready; shift
+  ready=$(kubectl get nodes --no-headers "$@" 2>/dev/null | awk '$2 == "Ready"' | wc -l)
+  (( ready >= want ))
 }
 
 cmd_down() {

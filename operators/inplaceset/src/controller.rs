@@ -207,15 +207,17 @@ async fn reconcile(set: Arc<InplaceSet>, ctx: Arc<Context>) -> Result<Requeue, E
     let mut results = Vec::with_capacity(plan.actions.len());
     for run in crate::plan::runs::concurrent_runs(&plan.actions, parallel) {
         // Indices, not references: a closure over `&Action` makes the future not Send.
-        let batch: Vec<_> = futures::stream::iter(run)
+        // Unordered: a slow write must not hold finished ones' slots (`buffered` would).
+        let mut batch: Vec<_> = futures::stream::iter(run)
             .map(|i| {
                 let (ctx, set, pods_api, templates, action) = (&ctx, &set, &pods_api, &templates, &plan.actions[i]);
-                async move { (action, execute(ctx, set, pods_api, templates, action).await) }
+                async move { (i, execute(ctx, set, pods_api, templates, action).await) }
             })
-            .buffered(ctx.pod_writes)
+            .buffer_unordered(ctx.pod_writes)
             .collect()
             .await;
-        results.extend(batch);
+        batch.sort_by_key(|(i, _)| *i);
+        results.extend(batch.into_iter().map(|(i, result)| (&plan.actions[i], result)));
     }
     let (mut created, mut started, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     // The images of this pass's starts (one update revision: usually one set).

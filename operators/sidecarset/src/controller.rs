@@ -211,7 +211,8 @@ async fn apply_set(set: &SidecarSet, ctx: &Context) -> Result<Requeue, Error> {
                 let (latest, action) = (&observed.latest, &plan.actions[i]);
                 async move { (action, execute(ctx, set, latest, action).await) }
             })
-            .buffered(ctx.pod_writes)
+            // Unordered: a slow write must not hold finished ones' slots (`buffered` would).
+            .buffer_unordered(ctx.pod_writes)
             .collect()
             .await;
         for (action, result) in results {
