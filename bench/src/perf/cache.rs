@@ -156,7 +156,8 @@ async fn search(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result<
     let sample = held_pod("sizer", labels.clone())?;
     let served = pods.create(&PostParams::default(), &sample).await?;
     let pod_json_bytes = serde_json::to_vec(&served)?.len();
-    let mut report = Report { node_simulator: opts.node_simulator, rss_without_pods, pod_json_bytes, steps: vec![], stopped: None };
+    let mut report =
+        Report { node_simulator: opts.node_simulator, rss_without_pods, pod_json_bytes, steps: vec![], stopped: None };
     let mut have = 1usize;
     let probes = Probes::create(ns).await?;
     for step in &opts.steps {

@@ -82,26 +82,10 @@ pub async fn run(
     interval: Duration,
 ) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
-    let (claims, claims_writer) = reflector::store();
-    let claim_stream = watcher(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default().labels(keys::INPLACESET_NAME),
-    )
-    .default_backoff()
-    .modify(|c| c.managed_fields_mut().clear())
-    .reflect(claims_writer)
-    .for_each(|_| futures::future::ready(()));
-    // The sets' revisions carry the set label; a reconcile that finds its
-    // revision missing (not yet seen here) creates it and takes the 409.
-    let (revisions, revisions_writer) = reflector::store();
-    let revision_stream = watcher(
-        Api::<ControllerRevision>::all(client.clone()),
-        watcher::Config::default().labels(keys::INPLACESET_NAME),
-    )
-    .default_backoff()
-    .modify(|r| r.managed_fields_mut().clear())
-    .reflect(revisions_writer)
-    .for_each(|_| futures::future::ready(()));
+    let (claims, claim_stream) = labelled_cache::<PersistentVolumeClaim>(&client);
+    // So do the sets' revisions; a reconcile that finds its revision missing
+    // (not yet seen here) creates it and takes the 409.
+    let (revisions, revision_stream) = labelled_cache::<ControllerRevision>(&client);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context {
@@ -137,6 +121,27 @@ pub async fn run(
         () = controller => {}
         () = claim_watch => {}
     }
+}
+
+/// A cache of every `K` carrying the set label (managedFields dropped), and
+/// the watch that fills it.
+fn labelled_cache<K>(client: &Client) -> (Store<K>, impl std::future::Future<Output = ()> + use<K>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let watch = watcher(Api::<K>::all(client.clone()), watcher::Config::default().labels(keys::INPLACESET_NAME))
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+    (store, watch)
 }
 
 /// The InplaceSet controlling `pod`, to reconcile when it changes.
