@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
@@ -83,8 +83,8 @@ pub async fn run(
 ) {
     // Claims from volumeClaimTemplates carry the set label too; they are read, not watched for changes.
     let (claims, claim_stream) = labelled_cache::<PersistentVolumeClaim>(&client);
-    // So do the sets' revisions; a reconcile that finds its revision missing
-    // (not yet seen here) creates it and takes the 409.
+    // So do the sets' revisions; a reconcile that does not find its revision
+    // here reads them from the API before it creates one.
     let (revisions, revision_stream) = labelled_cache::<ControllerRevision>(&client);
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
@@ -354,6 +354,29 @@ async fn report_rollout(
     publish(ctx, set, None, type_, &format!("Rollout{}", after.state), "Rollout", note).await;
 }
 
+/// A set's revisions: name → template, and (name, number) of each.
+type History = (BTreeMap<String, PodTemplateSpec>, Vec<(String, i64)>);
+
+/// The [`History`] of these revisions.
+fn index_revisions<'a>(revisions: impl IntoIterator<Item = &'a ControllerRevision>) -> Result<History, Error> {
+    let mut templates = BTreeMap::new();
+    let mut numbers = Vec::new();
+    for rev in revisions {
+        let name = rev.name_any();
+        numbers.push((name.clone(), rev.revision.unwrap_or(0)));
+        let template = rev
+            .data
+            .0
+            .get("template")
+            .cloned()
+            .ok_or_else(|| "no data.template".to_string())
+            .and_then(|t| serde_json::from_value::<PodTemplateSpec>(t).map_err(|e| e.to_string()))
+            .map_err(|reason| Error::BadRevision { name: name.clone(), reason })?;
+        templates.insert(name, template);
+    }
+    Ok((templates, numbers))
+}
+
 /// The set's ControllerRevisions from the revision cache (not being deleted).
 fn revisions_of(ctx: &Context, set: &InplaceSet, ns: &str) -> Vec<Arc<ControllerRevision>> {
     let name = set.name_any();
@@ -366,32 +389,24 @@ fn revisions_of(ctx: &Context, set: &InplaceSet, ns: &str) -> Vec<Arc<Controller
 }
 
 /// The set's ControllerRevisions (revision name → template, and numbers);
-/// creates the one for the current template if it is missing.
+/// creates the one for the current template if it is missing. The cache
+/// serves the usual pass; before a create the history is read from the API,
+/// so a revision the cache has not seen yet cannot be given the same number.
 async fn ensure_revisions(
     client: &Client,
     set: &InplaceSet,
     ns: &str,
-    history: Vec<Arc<ControllerRevision>>,
+    cached: Vec<Arc<ControllerRevision>>,
     update_revision: &str,
-) -> Result<(BTreeMap<String, PodTemplateSpec>, Vec<(String, i64)>), Error> {
+) -> Result<History, Error> {
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
-    let mut templates = BTreeMap::new();
-    let mut numbers = Vec::new();
-    let mut highest = 0;
-    for rev in history {
-        let name = rev.name_any();
-        highest = highest.max(rev.revision.unwrap_or(0));
-        numbers.push((name.clone(), rev.revision.unwrap_or(0)));
-        let template = rev
-            .data
-            .0
-            .get("template")
-            .cloned()
-            .ok_or_else(|| "no data.template".to_string())
-            .and_then(|t| serde_json::from_value::<PodTemplateSpec>(t).map_err(|e| e.to_string()))
-            .map_err(|reason| Error::BadRevision { name: name.clone(), reason })?;
-        templates.insert(name, template);
+    let (mut templates, mut numbers) = index_revisions(cached.iter().map(|r| r.as_ref()))?;
+    if !templates.contains_key(update_revision) {
+        let selector = format!("{}={}", keys::INPLACESET_NAME, set.name_any());
+        let listed = api.list(&ListParams::default().labels(&selector)).await?;
+        (templates, numbers) = index_revisions(listed.items.iter())?;
     }
+    let highest = numbers.iter().map(|(_, n)| *n).max().unwrap_or(0);
     // Same name, other template: a hash collision; the caller bumps collisionCount.
     if templates.get(update_revision).is_some_and(|t| *t != set.spec.template) {
         return Err(Error::HashCollision(update_revision.into()));
