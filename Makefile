@@ -32,7 +32,7 @@ help: ## this list
 
 .PHONY: deps
 deps: ## install the Debian packages the build and the local cluster need
-	@missing=""; for p in openssl curl containerd runc busybox-static protobuf-compiler; do \
+	@missing=""; for p in openssl curl containerd runc busybox-static containernetworking-plugins protobuf-compiler; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
@@ -187,16 +187,21 @@ bench-webhook: deps ## benchmark: webhook latency at 1000 reviews/s, pod create 
 # `make bench`: every scenario of the performance toolkit (in-place rollout vs
 # StatefulSet, scale 0->M vs a plain client and a StatefulSet, the webhook,
 # failover, resize, manager memory and the stepped scale search), on a cluster
-# of its own (BENCH_STATE, BENCH_NODES hollow nodes) with release builds; one
+# of its own (BENCH_STATE, BENCH_NODES hollow nodes and one real node) with release builds; one
 # table, target/bench/bench.json and SVG plots. Sizes are BENCH_ARGS
 # (`cargo run -p berth-bench --bin bench -- --help`); the defaults take about
 # 20 min on 2 cores.
 BENCH_NODES ?= 20
+# The rollout-real scenario's node: a real kubelet on containerd (needs root);
+# BENCH_REAL_NODE=0 leaves it out (and that scenario then fails, saying so).
+BENCH_REAL_NODE ?= 1
 .PHONY: bench
 bench: deps $(BERTH_K8S) $(BERTH_KWOK) ## benchmark: every scenario, one table + target/bench/{bench.json,*.svg} (BENCH_ARGS=..., BENCH_NODES=20)
 	@target_dir=$${CARGO_TARGET_DIR:-$(CURDIR)/target}; \
 	cargo build --locked --release -p berth-manager -p berth-node-agent -p berth-bench && \
 	$(MAKE) --no-print-directory cluster-up E2E_STATE=$(BENCH_STATE) NODES=$(BENCH_NODES) && \
+	{ if [ "$(BENCH_REAL_NODE)" = 1 ]; then E2E_STATE=$(BENCH_STATE) e2e/cluster/cluster.sh real-node || \
+	    { $(MAKE) --no-print-directory cluster-down E2E_STATE=$(BENCH_STATE); exit 1; }; fi; } && \
 	{ export E2E_STATE=$(BENCH_STATE) E2E_KUBECONFIG=$(BENCH_STATE)/kubeconfig \
 	    BERTH_MANAGER=$$target_dir/release/berth-manager BERTH_NODE_AGENT=$$target_dir/release/berth-node-agent; \
 	  e2e/manager.sh up && $$target_dir/release/bench $(BENCH_ARGS); rc=$$?; \

@@ -10,6 +10,8 @@
 #   cluster.sh kubeconfig NS SA FILE   write a kubeconfig acting as that service account
 #   cluster.sh nodes N          start another hollow-fleet process adding N nodes
 #   cluster.sh kwok-nodes N     add N nodes simulated by kwok (one process for all; for scale)
+#   cluster.sh real-node        add real-node-0: a real kubelet on a real containerd (runc,
+#                               CNI bridge), tainted berth.dev/real-node=true:NoSchedule
 #   cluster.sh restart-apiserver   stop kube-apiserver and start it again (same flags and port)
 #
 # Environment: BERTH_K8S (the binary), E2E_STATE (default target/e2e),
@@ -18,6 +20,7 @@
 # HOLLOW_KUBE_API_QPS (client QPS of each hollow kubelet, burst twice that; default 50, a
 #   kubelet's kubeAPIQPS; kubemark's own default of 10 is shared there with the kubelet's Events).
 # BERTH_KWOK (the kwok binary, `make kwok-bin`; its stages.yaml beside it), for kwok-nodes.
+# REAL_NODE_MAX_PODS (pods the real node accepts, default 600).
 # APISERVER_PROFILING=true serves kube-apiserver's /debug/pprof (for profiling a bench; off by default).
 set -euo pipefail
 
@@ -314,6 +317,89 @@ YAML
   wait_for kwok $((60 + count / 10)) nodes_ready $((first + count)) -l berth.dev/node-simulator=kwok
 }
 
+# cmd_real_node: one node that runs its pods for real: the upstream kubelet
+# (in berth-k8s) on a containerd of its own (e2e/containerd/containerd.sh:
+# runc, Debian's CNI bridge, the local busybox images :1 and :2, no registry).
+# Its taint keeps every pod that does not ask for it on the hollow nodes.
+# Needs root. The kubelet sets a node's kernel tunables (vm.overcommit_memory,
+# kernel.panic, kernel.panic_on_oops): `down` puts back the values it found.
+REAL_NODE=real-node-0
+cmd_real_node() {
+  [[ -n "$BIN" && -x "$BIN" ]] || die "BERTH_K8S must name the berth-k8s binary; got '${BIN}'"
+  alive kube-apiserver || die "kube-apiserver is not running (cluster.sh up first)"
+  [[ $(id -u) == 0 ]] || die "a real node needs root (cgroups, mounts, network namespaces)"
+  if alive kubelet; then log "$REAL_NODE already running"; return 0; fi
+  local dir="$STATE/real-node" node_ip
+  node_ip=$(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+  [[ -n "$node_ip" ]] || die "the real node needs a non-loopback IPv4 address (a kubelet refuses 127.0.0.1); none found"
+  mkdir -p "$dir/kubelet" "$dir/pod-logs"
+  if [[ ! -f "$dir/sysctl.saved" ]]; then
+    local k; for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops; do
+      printf '%s %s\n' "$k" "$(cat "/proc/sys/$k")"
+    done >"$dir/sysctl.saved"
+  fi
+  CONTAINERD_STATE="$dir/containerd" CONTAINERD_CNI_SUBNET=10.89.0.0/16 "$ROOT/e2e/containerd/containerd.sh" up
+  cert "$REAL_NODE" "system:node:$REAL_NODE" system:nodes
+  write_kubeconfig "$dir/kubeconfig" "$(cat "$STATE/server")" "$REAL_NODE" cert "$PKI/$REAL_NODE.crt" "$PKI/$REAL_NODE.key"
+  cat >"$dir/config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $(free_port)
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $(free_port)
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: $PKI/ca.crt}}
+authorization: {mode: AlwaysAllow}
+# containerd 1.6 cannot report its cgroup driver (CRI RuntimeConfig); it is cgroupfs here.
+cgroupDriver: cgroupfs
+# Hosts of this kind are on cgroup v1 (hybrid); a 1.37 kubelet refuses v1 unless told.
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$dir/containerd/containerd.sock
+failSwapOn: false
+maxPods: ${REAL_NODE_MAX_PODS:-600}
+podPidsLimit: -1
+kubeAPIQPS: 50
+kubeAPIBurst: 100
+serializeImagePulls: false
+# The images are imported, never pulled: image GC must not remove them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 200Mi, nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+podLogsDir: $dir/pod-logs
+resolvConf: ""
+registerWithTaints: [{key: berth.dev/real-node, value: "true", effect: NoSchedule}]
+YAML
+  log "kubelet: $REAL_NODE ($node_ip), containerd $dir/containerd"
+  start kubelet kubelet --config "$dir/config.yaml" --kubeconfig "$dir/kubeconfig" \
+    --hostname-override "$REAL_NODE" --node-ip "$node_ip" --root-dir "$dir/kubelet" \
+    --node-labels "berth.dev/node-simulator=none,berth.dev/real-node=true" --v 1
+  wait_for kubelet 120 nodes_ready 1 -l berth.dev/real-node=true
+  log "$REAL_NODE Ready"
+}
+
+# real_node_down: the kubelet first (so it starts nothing new), then containerd
+# and every container, then what the kubelet left on the host.
+real_node_down() {
+  local dir="$STATE/real-node"
+  [[ -d "$dir" ]] || return 0
+  if alive kubelet; then
+    local pid; pid=$(cat "$PIDS/kubelet.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    local i=0; while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.2; i=$((i + 1)); done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  CONTAINERD_STATE="$dir/containerd" "$ROOT/e2e/containerd/containerd.sh" down || true
+  local m
+  for m in $(awk -v s="$dir/" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  local d
+  for d in $(find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d 2>/dev/null); do rmdir "$d" 2>/dev/null || true; done
+  if [[ -f "$dir/sysctl.saved" ]]; then
+    local k v; while read -r k v; do echo "$v" >"/proc/sys/$k" 2>/dev/null || true; done <"$dir/sysctl.saved"
+  fi
+  rm -rf "$dir"
+}
+
 # nodes_ready N [SELECTOR...]: at least N nodes (of those selected) are Ready.
 nodes_ready() {
   local want="$1" ready; shift
@@ -323,6 +409,7 @@ nodes_ready() {
 
 cmd_down() {
   local stopped=0
+  real_node_down
   if [[ -d "$PIDS" ]]; then
     for f in "$PIDS"/*.pid; do
       [[ -e "$f" ]] || continue
@@ -388,6 +475,7 @@ case "${1:-}" in
   kubeconfig) shift; cmd_kubeconfig "$@" ;;
   nodes) shift; cmd_nodes "$@" ;;
   kwok-nodes) shift; cmd_kwok_nodes "$@" ;;
+  real-node) cmd_real_node ;;
   restart-apiserver) cmd_restart_apiserver ;;
-  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N | kwok-nodes N | restart-apiserver" >&2; exit 2 ;;
+  *) echo "usage: cluster.sh up [--nodes N] | down | status | token NS SA | kubeconfig NS SA FILE | nodes N | kwok-nodes N | real-node | restart-apiserver" >&2; exit 2 ;;
 esac

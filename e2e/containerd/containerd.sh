@@ -3,12 +3,18 @@
 # tests, run as a host process with its own socket and state under
 # target/containerd, next to (never instead of) any containerd already running.
 #
-#   containerd.sh up     write the config, start containerd, import the two images
+#   containerd.sh up     write the config, start containerd, import the images
+#                        (app :1 and :2, which differ in content, and the pause image)
 #   containerd.sh down   stop containerd and every shim it started, remove its state
 #   containerd.sh env    print `export` lines for the tests (socket, images, cgroup version)
 #   containerd.sh status what is running
 #
-# Installs nothing: `make deps` apt-installs containerd, runc and busybox-static.
+# CONTAINERD_CNI_SUBNET (e.g. 10.89.0.0/16): give sandboxes a network of their
+# own through Debian's CNI plugins (bridge, host-local, loopback in /usr/lib/cni),
+# as a kubelet node needs; unset, sandboxes must use host networking.
+#
+# Installs nothing: `make deps` apt-installs containerd, runc, busybox-static and
+# containernetworking-plugins.
 # No registry: the images are OCI tarballs built here from /bin/busybox
 # (busybox-static), see image.sh.
 set -euo pipefail
@@ -21,7 +27,10 @@ PIDFILE="$STATE/containerd.pid"
 LOG="$STATE/containerd.log"
 NS=k8s.io
 APP_IMAGE="berth.local/busybox:1"
+APP_IMAGE_2="berth.local/busybox:2"
 PAUSE_IMAGE="berth.local/pause:1"
+# The bridge of CONTAINERD_CNI_SUBNET (deleted by `down`).
+CNI_BRIDGE="${CONTAINERD_CNI_BRIDGE:-berth-cni0}"
 # Tests put their pods' cgroups under this parent (cgroupfs driver).
 CGROUP_PARENT="berth-cri-test"
 
@@ -39,8 +48,21 @@ ctr_() { ctr --address "$SOCK" -n "$NS" "$@"; }
 
 write_config() {
   mkdir -p "$STATE/root" "$STATE/state" "$STATE/opt" "$STATE/cni/bin" "$STATE/cni/net.d"
-  # Sandboxes use host networking, so no CNI plugin is needed; the CNI dirs
-  # are empty ones of our own so the host's (if any) are not read.
+  # Without CONTAINERD_CNI_SUBNET sandboxes use host networking and the CNI
+  # dirs are empty ones of our own, so the host's (if any) are not read.
+  local cni_bin="$STATE/cni/bin"
+  if [[ -n "${CONTAINERD_CNI_SUBNET:-}" ]]; then
+    cni_bin=/usr/lib/cni
+    [[ -x $cni_bin/bridge && -x $cni_bin/host-local && -x $cni_bin/loopback ]] ||
+      die "CNI plugins missing in $cni_bin: run \`make deps\` (Debian package containernetworking-plugins)"
+    # No gateway and no masquerade: the host's forwarding and iptables stay as they are.
+    cat >"$STATE/cni/net.d/10-berth.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "berth-real-node", "plugins": [
+  {"type": "bridge", "bridge": "$CNI_BRIDGE", "isGateway": false, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$CONTAINERD_CNI_SUBNET"}]], "dataDir": "$STATE/cni/ipam"}},
+  {"type": "loopback"}]}
+JSON
+  fi
   cat >"$STATE/config.toml" <<TOML
 version = 2
 root = "$STATE/root"
@@ -79,7 +101,7 @@ oom_score = 0
           BinaryName = "$(command -v runc)"
           SystemdCgroup = false
     [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "$STATE/cni/bin"
+      bin_dir = "$cni_bin"
       conf_dir = "$STATE/cni/net.d"
 TOML
 }
@@ -112,13 +134,15 @@ cmd_up() {
     fi
   fi
   "$HERE/image.sh" "$STATE/images/busybox.tar" "$APP_IMAGE" app
+  "$HERE/image.sh" "$STATE/images/busybox-2.tar" "$APP_IMAGE_2" app 2
   "$HERE/image.sh" "$STATE/images/pause.tar" "$PAUSE_IMAGE" pause
-  ctr_ images import "$STATE/images/busybox.tar" >/dev/null
-  ctr_ images import "$STATE/images/pause.tar" >/dev/null
-  local images; images="$(ctr_ images ls -q)"
-  grep -qx "$APP_IMAGE" <<<"$images" || die "image $APP_IMAGE missing after import"
-  grep -qx "$PAUSE_IMAGE" <<<"$images" || die "image $PAUSE_IMAGE missing after import"
-  log "up: socket $SOCK, images $APP_IMAGE $PAUSE_IMAGE, log $LOG"
+  local tar image images
+  for tar in busybox busybox-2 pause; do ctr_ images import "$STATE/images/$tar.tar" >/dev/null; done
+  images="$(ctr_ images ls -q)"
+  for image in "$APP_IMAGE" "$APP_IMAGE_2" "$PAUSE_IMAGE"; do
+    grep -qx "$image" <<<"$images" || die "image $image missing after import"
+  done
+  log "up: socket $SOCK, images $APP_IMAGE $APP_IMAGE_2 $PAUSE_IMAGE, log $LOG"
 }
 
 # Every process whose command line names our socket or state: containerd
@@ -156,7 +180,8 @@ cmd_down() {
   # Overlay mounts of containers and sandbox shm under our state.
   local m
   for m in $(awk -v s="$STATE/" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$STATE/root" "$STATE/state" "$STATE/opt" "$PIDFILE" "$SOCK" "$SOCK.ttrpc"
+  rm -rf "$STATE/root" "$STATE/state" "$STATE/opt" "$STATE/cni" "$PIDFILE" "$SOCK" "$SOCK.ttrpc"
+  if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then ip link delete "$CNI_BRIDGE" 2>/dev/null || true; fi
   # Pod cgroups the tests made (their sandboxes' cgroup_parent), empty once
   # runc removed the containers'; deepest first.
   local d
@@ -168,6 +193,7 @@ cmd_env() {
   cat <<ENV
 export BERTH_CRI_SOCKET=$SOCK
 export BERTH_CRI_APP_IMAGE=$APP_IMAGE
+export BERTH_CRI_APP_IMAGE_2=$APP_IMAGE_2
 export BERTH_CRI_PAUSE_IMAGE=$PAUSE_IMAGE
 export BERTH_CGROUP_VERSION=$(cgroup_version)
 export BERTH_CRI_CGROUP_PARENT=/$CGROUP_PARENT

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# image.sh OUT.tar NAME app|pause: an OCI image-layout tarball built from the
-# local /bin/busybox (Debian's busybox-static), for `ctr images import`.
-# No registry, no download; the same busybox gives the same bytes.
+# image.sh OUT.tar NAME app|pause [VARIANT]: an OCI image-layout tarball built
+# from the local /bin/busybox (Debian's busybox-static), for `ctr images import`.
+# No registry, no download; the same busybox gives the same bytes. VARIANT
+# (default 1) goes into the config's Env, so variants are distinct images
+# (their own IDs) sharing one layer: an image change a kubelet really makes.
 #
 #   app    Entrypoint /bin/sh, Cmd: sleep until stopped (the test gives its own command)
 #   pause  the sandbox ("pause") process: sleeps, exits at once on SIGTERM/SIGINT
 set -euo pipefail
 
-out="$1" name="$2" kind="$3"
+out="$1" name="$2" kind="$3" variant="${4:-1}"
 busybox=/bin/busybox
 [[ -x $busybox ]] || { echo "image.sh: $busybox missing (Debian package busybox-static)" >&2; exit 1; }
 case "$kind" in
@@ -42,8 +44,8 @@ tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf 
 layer="$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)"
 diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
 
-printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Entrypoint":%s,"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"berth e2e/containerd/image.sh %s from %s"}]}' \
-  "$entrypoint" "$cmd" "$diff_id" "$kind" "$busybox" >"$work/config.json"
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","BERTH_IMAGE_VARIANT=%s"],"Entrypoint":%s,"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"berth e2e/containerd/image.sh %s from %s"}]}' \
+  "$variant" "$entrypoint" "$cmd" "$diff_id" "$kind" "$busybox" >"$work/config.json"
 config="$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)"
 
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \

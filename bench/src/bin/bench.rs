@@ -6,6 +6,7 @@
 //! Scenarios (`--scenarios`, sizes are flags):
 //! 1. rollout: in-place image rollout of N pods (InplaceSet) vs a StatefulSet
 //!    RollingUpdate of the same N pods; time and pods that changed node;
+//!    rollout-real: the same on the real node (kubelet, containerd, runc, CNI);
 //! 2. scale: InplaceSet 0 -> M (Parallel) vs a plain client creating M pods
 //!    and vs a StatefulSet (Parallel);
 //! 3. webhook: bench-webhook (run as a child; its rows join the table);
@@ -15,7 +16,7 @@
 //! 6. resize: Created -> Applied with the real node agent vs pods/resize after a pod write, and alone;
 //!
 //! plus the apiserver's own latency for the calls made (its /metrics).
-//! Writes `bench.json`, `rollout.svg` and `scale.svg` under --out-dir.
+//! Writes `bench.json`, `rollout.svg`, `rollout-real.svg` and `scale.svg` under --out-dir.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -28,17 +29,20 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::Value;
 
-const SCENARIOS: [&str; 6] = ["webhook", "rollout", "scale", "resize", "failover", "cache"];
+const SCENARIOS: [&str; 7] = ["webhook", "rollout", "rollout-real", "scale", "resize", "failover", "cache"];
 
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(about = "berth's benchmarks: every figure beside a same-run baseline and its goal")]
 struct Args {
-    /// Scenarios to run, comma-separated: webhook, rollout, scale, resize, failover, cache.
-    #[arg(long, value_delimiter = ',', default_value = "webhook,rollout,scale,resize,failover,cache")]
+    /// Scenarios to run, comma-separated: webhook, rollout, rollout-real, scale, resize, failover, cache.
+    #[arg(long, value_delimiter = ',', default_value = "webhook,rollout,rollout-real,scale,resize,failover,cache")]
     scenarios: Vec<String>,
-    /// Pods rolled (InplaceSet in place; StatefulSet RollingUpdate).
+    /// Pods rolled on the hollow nodes (InplaceSet in place; StatefulSet RollingUpdate).
     #[arg(long, default_value_t = 500)]
     rollout_pods: usize,
+    /// Pods rolled on the real node (`cluster.sh real-node`: kubelet, containerd, runc, CNI).
+    #[arg(long, default_value_t = 100)]
+    rollout_real_pods: usize,
     /// maxUnavailable of both rollouts (count or percent).
     #[arg(long, default_value = "10%")]
     max_unavailable: String,
@@ -96,6 +100,7 @@ struct Args {
 #[derive(Default, Serialize)]
 struct Scenarios {
     rollout: Option<rollout::Report>,
+    rollout_real: Option<rollout::Report>,
     scale: Option<scale::Report>,
     webhook: Option<Value>,
     cache: Option<cache::Report>,
@@ -196,7 +201,26 @@ async fn main() -> Result<()> {
         rollout::run(
             &client,
             &run,
-            &rollout::Options { pods: args.rollout_pods, max_unavailable: args.max_unavailable.clone(), timeout }
+            &rollout::Options {
+                nodes: rollout::Nodes::Hollow,
+                pods: args.rollout_pods,
+                max_unavailable: args.max_unavailable.clone(),
+                timeout
+            }
+        )
+        .await
+    );
+    s.rollout_real = scenario!(
+        "rollout-real",
+        rollout::run(
+            &client,
+            &run,
+            &rollout::Options {
+                nodes: rollout::Nodes::Real,
+                pods: args.rollout_real_pods,
+                max_unavailable: args.max_unavailable.clone(),
+                timeout
+            }
         )
         .await
     );
@@ -295,10 +319,9 @@ async fn main() -> Result<()> {
     let out = args.out_dir.join("bench.json");
     write_json(&out, &report)?;
     println!(
-        "\nwritten: {}, {}, {}",
+        "\nwritten: {}, and the plots (rollout.svg, rollout-real.svg, scale.svg) of the scenarios run, in {}",
         out.display(),
-        args.out_dir.join("rollout.svg").display(),
-        args.out_dir.join("scale.svg").display()
+        args.out_dir.display()
     );
     if !report.errors.is_empty() {
         std::process::exit(1);
@@ -308,6 +331,21 @@ async fn main() -> Result<()> {
 
 fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
     let mut rows = vec![];
+    if let Some(r) = &s.rollout_real {
+        let (i, t) = (&r.inplaceset, &r.statefulset);
+        rows.push(Row::new(
+            &format!("rollout {} pods, real node: InplaceSet in place", i.pods),
+            "s",
+            i.rollout_seconds,
+            Some((t.rollout_seconds, "StatefulSet RollingUpdate")),
+            Goal::RatioBelow { limit: 0.2 },
+        ));
+        notes.push(format!(
+            "rollout on the real node (kubelet, containerd, runc, CNI bridge): pods Ready after creation in \
+             {:.1} s (InplaceSet) and {:.1} s (StatefulSet); pods recreated: InplaceSet {}, StatefulSet {}",
+            i.start_seconds, t.start_seconds, i.uid_changes, t.uid_changes
+        ));
+    }
     if let Some(r) = &s.rollout {
         let (i, t) = (&r.inplaceset, &r.statefulset);
         rows.push(Row::new(
@@ -463,9 +501,12 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
 }
 
 fn plots(s: &Scenarios, args: &Args) -> Result<()> {
-    if let Some(r) = &s.rollout {
+    for (r, file, nodes) in
+        [(&s.rollout, "rollout.svg", "hollow nodes"), (&s.rollout_real, "rollout-real.svg", "real node")]
+    {
+        let Some(r) = r else { continue };
         let svg = plot::chart(
-            &format!("image rollout of {} pods (maxUnavailable {})", r.inplaceset.pods, args.max_unavailable),
+            &format!("image rollout of {} pods, {nodes} (maxUnavailable {})", r.inplaceset.pods, args.max_unavailable),
             "pods updated (new image, Ready)",
             &[
                 plot::Series {
@@ -480,7 +521,7 @@ fn plots(s: &Scenarios, args: &Args) -> Result<()> {
                 },
             ],
         );
-        std::fs::write(args.out_dir.join("rollout.svg"), svg)?;
+        std::fs::write(args.out_dir.join(file), svg)?;
     }
     if let Some(r) = &s.scale {
         let svg = plot::chart(

@@ -1,14 +1,23 @@
 //! Scenario 1: an in-place image rollout of N pods by an InplaceSet against
 //! a RollingUpdate of a StatefulSet with the same N pods, template and
 //! maxUnavailable (kube-controller-manager's StatefulSet controller, on the
-//! same hollow nodes). Measured from the template change until every pod runs
-//! the new image and is Ready; and how many pods changed node.
+//! same nodes). Measured from the template change until every pod runs the new
+//! image and is Ready; and how many pods changed node.
+//!
+//! On hollow nodes a sandbox, a network and a volume cost nothing, so a
+//! recreate costs what an in-place restart does. On the real node (the
+//! upstream kubelet on containerd and runc, `cluster.sh real-node`) a recreate
+//! also tears down and builds the pod's sandbox, its network namespace (CNI)
+//! and its service-account volume, as on a production node.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
 use berth_api::InplaceSet;
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -19,8 +28,24 @@ use tokio::time::Instant;
 
 use super::{BenchNamespace, Tracker, node_of, spec_image_is};
 
+/// Where the pods of both rollouts run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nodes {
+    /// The hollow (kubemark) nodes.
+    Hollow,
+    /// `real-node-0`, which runs its pods for real.
+    Real,
+}
+
+/// The real node's label and taint (`cluster.sh real-node`).
+pub const REAL_NODE_LABEL: &str = "berth.dev/real-node";
+/// The images containerd.sh imports on the real node (no registry: never pulled).
+const REAL_NODE_IMAGES: (&str, &str) = ("berth.local/busybox:1", "berth.local/busybox:2");
+
 #[derive(Clone, Debug)]
 pub struct Options {
+    pub nodes: Nodes,
     pub pods: usize,
     /// maxUnavailable of both (count or percent).
     pub max_unavailable: String,
@@ -30,6 +55,7 @@ pub struct Options {
 #[derive(Clone, Debug, Serialize)]
 pub struct Run {
     pub kind: &'static str,
+    pub nodes: Nodes,
     pub pods: usize,
     /// Seconds from creation until all pods were Ready.
     pub start_seconds: f64,
@@ -60,18 +86,48 @@ fn updated_to(image: String) -> impl Fn(&Pod) -> bool + Send + Sync + 'static {
     }
 }
 
-fn template(labels: &serde_json::Value, image: &str) -> serde_json::Value {
-    json!({
+fn template(labels: &serde_json::Value, image: &str, nodes: Nodes) -> serde_json::Value {
+    let mut t = json!({
         "metadata": {"labels": labels},
         "spec": {"containers": [{"name": APP, "image": image,
                                   "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
-    })
+    });
+    if nodes == Nodes::Real {
+        t["spec"]["nodeSelector"] = json!({REAL_NODE_LABEL: "true"});
+        t["spec"]["tolerations"] = json!([{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}]);
+    }
+    t
+}
+
+/// The real node is there and Ready, or an error saying how to add it.
+async fn real_node_ready(client: &Client) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let listed = nodes.list(&ListParams::default().labels(&format!("{REAL_NODE_LABEL}=true"))).await?;
+    anyhow::ensure!(
+        listed.items.iter().any(|n| {
+            let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }),
+        "no Ready node labelled {REAL_NODE_LABEL}=true: add one with `e2e/cluster/cluster.sh real-node` \
+         (`make bench` does, as root), or leave out this scenario"
+    );
+    Ok(())
 }
 
 pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report> {
-    let (a, b) = berth_e2e::images();
+    let (a, b) = match opts.nodes {
+        Nodes::Hollow => berth_e2e::images(),
+        Nodes::Real => {
+            real_node_ready(client).await?;
+            (REAL_NODE_IMAGES.0.to_string(), REAL_NODE_IMAGES.1.to_string())
+        }
+    };
+    let prefix = |kind: &str| match opts.nodes {
+        Nodes::Hollow => format!("rollout-{kind}"),
+        Nodes::Real => format!("rollout-real-{kind}"),
+    };
     let inplaceset = {
-        let ns = BenchNamespace::create(client, "rollout-ips", run_id).await?;
+        let ns = BenchNamespace::create(client, &prefix("ips"), run_id).await?;
         let labels = json!({"app": "roll-ips"});
         let set: InplaceSet = serde_json::from_value(json!({
             "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",
@@ -80,7 +136,7 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
                 "replicas": opts.pods, "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": labels},
                 "updateStrategy": {"type": "InPlaceIfPossible", "maxUnavailable": opts.max_unavailable},
-                "template": template(&labels, &a)
+                "template": template(&labels, &a, opts.nodes)
             }
         }))?;
         let sets: Api<InplaceSet> = ns.api();
@@ -106,7 +162,7 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
         result?
     };
     let statefulset = {
-        let ns = BenchNamespace::create(client, "rollout-sts", run_id).await?;
+        let ns = BenchNamespace::create(client, &prefix("sts"), run_id).await?;
         let labels = json!({"app": "roll-sts"});
         let sts: StatefulSet = serde_json::from_value(json!({
             "metadata": {"name": "roll"},
@@ -114,7 +170,7 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
                 "replicas": opts.pods, "podManagementPolicy": "Parallel", "serviceName": "roll",
                 "selector": {"matchLabels": labels},
                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": opts.max_unavailable}},
-                "template": template(&labels, &a)
+                "template": template(&labels, &a, opts.nodes)
             }
         }))?;
         let api: Api<StatefulSet> = ns.api();
@@ -187,12 +243,13 @@ async fn measure(
         uid_changes += usize::from(p.uid() != *uid);
     }
     eprintln!(
-        "[bench] rollout {kind}: {} pods Ready in {start_seconds:.1}s; updated in {rollout_seconds:.1}s, \
+        "[bench] rollout {kind} ({:?} nodes): {} pods Ready in {start_seconds:.1}s; updated in {rollout_seconds:.1}s, \
          {node_changes} changed node, {uid_changes} recreated",
-        opts.pods
+        opts.nodes, opts.pods
     );
     Ok(Run {
         kind,
+        nodes: opts.nodes,
         pods: opts.pods,
         start_seconds,
         rollout_seconds,
