@@ -123,7 +123,7 @@ unit: deps ## unit tests (no cluster)
 	cargo test --workspace --exclude berth-e2e --locked --no-fail-fast
 
 .PHONY: e2e
-e2e: ## e2e suites against the local cluster with berth-manager (started and stopped here), or E2E_KUBECONFIG
+e2e: ## e2e suites against the local cluster (hollow nodes and one real node) with berth-manager (started and stopped here), or E2E_KUBECONFIG
 	@if [ -n "$$E2E_KUBECONFIG" ]; then \
 	  echo "e2e against E2E_KUBECONFIG=$$E2E_KUBECONFIG"; \
 	  cargo build --locked -p kubectl-berth && cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
@@ -131,8 +131,8 @@ e2e: ## e2e suites against the local cluster with berth-manager (started and sto
 	  KUBECONFIG="$$E2E_KUBECONFIG" cargo run --locked -q -p berth-manager -- audit || rc=1; exit $$rc; \
 	else \
 	  cargo build --locked -p berth-manager -p berth-node-agent -p kubectl-berth && $(MAKE) --no-print-directory helm-bin && \
-	  $(MAKE) --no-print-directory cluster-up && e2e/manager.sh up && \
-	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
+	  $(MAKE) --no-print-directory cluster-up && e2e/cluster/cluster.sh real-node && e2e/manager.sh up && \
+	  { E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) E2E_REQUIRE_REAL_NODE=1 cargo test --locked --no-fail-fast -p berth-e2e -- --test-threads 4; rc=$$?; \
 	    echo "failover suite, alone: it stops the manager the suites above use"; \
 	    E2E_KUBECONFIG=$(KUBECONFIG_LOCAL) cargo test --locked -p berth-e2e --test failover -- --ignored || rc=1; \
 	    echo "install suite, alone: it uninstalls and reinstalls berth itself (helm, kustomize)"; \
