@@ -13,11 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail, ensure};
 use berth_api::InplaceSet;
-use berth_e2e::{
-    TestNamespace, client, container_status,
-    inplaceset::rolled_out,
-    install_crds, pod_ready,
-};
+use berth_e2e::{TestNamespace, client, container_status, inplaceset::rolled_out, install_crds, pod_ready};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, ResourceExt,
