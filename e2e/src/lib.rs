@@ -163,6 +163,12 @@ pub fn pod_condition(pod: &k8s_openapi::api::core::v1::Pod, type_: &str) -> bool
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
+/// Whether the node is Ready.
+pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Whether the pod is Ready.
 pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod_condition(pod, "Ready")

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail, ensure};
 use berth_api::InplaceSet;
-use berth_e2e::{TestNamespace, client, container_status, inplaceset::rolled_out, install_crds, pod_ready};
+use berth_e2e::{TestNamespace, client, container_status, inplaceset::rolled_out, install_crds, node_ready, pod_ready};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, ResourceExt,
@@ -28,12 +28,8 @@ const IMAGES: (&str, &str) = ("berth.local/busybox:1", "berth.local/busybox:2");
 /// The name of a Ready real node, or None (after saying why) when the test may skip.
 async fn real_node(client: &kube::Client) -> Result<Option<String>> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let ready = |n: &Node| {
-        let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
-        conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
     let listed = nodes.list(&ListParams::default().labels(&format!("{LABEL}=true"))).await?;
-    if let Some(n) = listed.items.iter().find(|n| ready(n)) {
+    if let Some(n) = listed.items.iter().find(|n| node_ready(n)) {
         return Ok(Some(n.name_any()));
     }
     let why = format!("no Ready node labelled {LABEL}=true (add one: e2e/cluster/cluster.sh real-node, as root)");

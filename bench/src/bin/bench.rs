@@ -14,6 +14,7 @@
 //!    node) counts at which the manager still reacts within 1 s, stepped;
 //! 5. failover: leader SIGKILLed -> standby reconciling, repeated;
 //! 6. resize: Created -> Applied with the real node agent vs pods/resize after a pod write, and alone;
+//!    resize-real: the same on the real node, plus the agent's CRI path;
 //!
 //! plus the apiserver's own latency for the calls made (its /metrics).
 //! Writes `bench.json`, `rollout.svg`, `rollout-real.svg` and `scale.svg` under --out-dir.
@@ -29,13 +30,19 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::Value;
 
-const SCENARIOS: [&str; 7] = ["webhook", "rollout", "rollout-real", "scale", "resize", "failover", "cache"];
+const SCENARIOS: [&str; 8] =
+    ["webhook", "rollout", "rollout-real", "scale", "resize", "resize-real", "failover", "cache"];
 
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(about = "berth's benchmarks: every figure beside a same-run baseline and its goal")]
 struct Args {
-    /// Scenarios to run, comma-separated: webhook, rollout, rollout-real, scale, resize, failover, cache.
-    #[arg(long, value_delimiter = ',', default_value = "webhook,rollout,rollout-real,scale,resize,failover,cache")]
+    /// Scenarios to run, comma-separated: webhook, rollout, rollout-real, scale, resize, resize-real,
+    /// failover, cache.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "webhook,rollout,rollout-real,scale,resize,resize-real,failover,cache"
+    )]
     scenarios: Vec<String>,
     /// Pods rolled on the hollow nodes (InplaceSet in place; StatefulSet RollingUpdate).
     #[arg(long, default_value_t = 500)]
@@ -83,6 +90,10 @@ struct Args {
     /// Resizes per node (and as many through pods/resize, alone and after a pod write).
     #[arg(long, default_value_t = 20)]
     resize_samples: usize,
+    /// The real node's containerd socket (resize-real). Default: E2E_STATE (else target/e2e)
+    /// /real-node/containerd/containerd.sock, where `cluster.sh real-node` puts it.
+    #[arg(long)]
+    real_node_cri_socket: Option<PathBuf>,
     /// berth-node-agent binary. Default: BERTH_NODE_AGENT, else target/release/berth-node-agent.
     #[arg(long)]
     node_agent: Option<PathBuf>,
@@ -106,6 +117,7 @@ struct Scenarios {
     cache: Option<cache::Report>,
     failover: Option<failover::Report>,
     resize: Option<resize::Report>,
+    resize_real: Option<resize::Report>,
     apiserver: Vec<apimetrics::Latency>,
 }
 
@@ -243,18 +255,34 @@ async fn main() -> Result<()> {
             .map(PathBuf::from)
             .unwrap_or_else(|| berth_e2e::repo_root().join("target/release/berth-node-agent"))
     });
+    let resize_opts = |nodes: Vec<String>, cri_socket: Option<PathBuf>, work: &str| resize::Options {
+        nodes,
+        cri_socket,
+        samples: args.resize_samples,
+        agent_bin: agent_bin.clone(),
+        work_dir: args.out_dir.join(work),
+    };
     s.resize = scenario!(
         "resize",
         resize::run(
             &client,
             &run,
-            &resize::Options {
-                nodes: args.resize_nodes,
-                samples: args.resize_samples,
-                agent_bin,
-                work_dir: args.out_dir.join("agents"),
-            }
+            &resize_opts((0..args.resize_nodes).map(|i| format!("hollow-node-{i}")).collect(), None, "agents")
         )
+        .await
+    );
+    s.resize_real = scenario!(
+        "resize-real",
+        async {
+            let node = rollout::real_node(&client).await?;
+            let socket = args.real_node_cri_socket.clone().unwrap_or_else(|| {
+                std::env::var_os("E2E_STATE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| berth_e2e::repo_root().join("target/e2e"))
+                    .join("real-node/containerd/containerd.sock")
+            });
+            resize::run(&client, &run, &resize_opts(vec![node], Some(socket), "agents-real")).await
+        }
         .await
     );
     s.failover = scenario!(
@@ -460,26 +488,31 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
             Goal::ValueBelow { limit: 2.0 },
         ));
     }
-    if let Some(r) = &s.resize {
+    for r in [&s.resize, &s.resize_real].into_iter().flatten() {
         let after = "pods/resize after a pod write, seen";
-        rows.push(Row::new(
-            &format!("resize Created->Applied p50 ({} nodes)", r.nodes),
-            "ms",
-            ms(r.berth.p50_us),
-            Some((ms(r.after_write.p50_us), after)),
-            Goal::None,
-        ));
-        rows.push(Row::new(
-            &format!("resize Created->Applied p99 ({} nodes)", r.nodes),
-            "ms",
-            ms(r.berth.p99_us),
-            Some((ms(r.after_write.p99_us), after)),
-            Goal::ValueBelow { limit: 500.0 },
-        ));
+        let on = if r.real_nodes { "real node".to_string() } else { format!("{} nodes", r.nodes) };
+        let mut berth = vec![("", &r.berth)];
+        berth.extend(r.berth_cri.as_ref().map(|s| (", agent CRI path", s)));
+        for (how, s) in berth {
+            rows.push(Row::new(
+                &format!("resize Created->Applied p50 ({on}{how})"),
+                "ms",
+                ms(s.p50_us),
+                Some((ms(r.after_write.p50_us), after)),
+                Goal::None,
+            ));
+            rows.push(Row::new(
+                &format!("resize Created->Applied p99 ({on}{how})"),
+                "ms",
+                ms(s.p99_us),
+                Some((ms(r.after_write.p99_us), after)),
+                Goal::ValueBelow { limit: 500.0 },
+            ));
+        }
         let alone = [("p50", r.direct.p50_us, r.after_write.p50_us), ("p99", r.direct.p99_us, r.after_write.p99_us)];
         for (q, us, base) in alone {
             rows.push(Row::new(
-                &format!("resize: pods/resize alone {q} (kubelet, pod idle)"),
+                &format!("resize: pods/resize alone {q} ({on}, kubelet, pod idle)"),
                 "ms",
                 ms(us),
                 Some((ms(base), after)),

@@ -10,6 +10,12 @@
 //! waits for a PLEG relist (every 1 s) newer than the last one. Samples rotate
 //! between the three, on every node at once, each after a pause spread over
 //! one relist period so they do not all meet the relist at the same phase.
+//!
+//! On the real node (`cluster.sh real-node`: the kubelet on containerd) the
+//! agent is given that containerd's socket, and a fourth kind of sample goes
+//! through the agent's own CRI path (a pod annotated
+//! `berth.dev/resize-agent-managed`): UpdateContainerResources, the cgroup
+//! files read back, no kubelet sync to wait for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -30,8 +36,10 @@ use crate::stats::{Summary, micros};
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Nodes with an agent (hollow-node-0..).
-    pub nodes: usize,
+    /// Nodes with an agent.
+    pub nodes: Vec<String>,
+    /// The nodes are real ones and this is their containerd's CRI socket.
+    pub cri_socket: Option<PathBuf>,
     /// Resizes per node (and as many baseline ones).
     pub samples: usize,
     pub agent_bin: PathBuf,
@@ -41,32 +49,46 @@ pub struct Options {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub nodes: usize,
+    /// The nodes ran their pods for real (kubelet on containerd).
+    pub real_nodes: bool,
     /// Created -> Applied (feasibility, node agent, kubelet).
     pub berth: Summary,
+    /// Created -> Applied through the agent's CRI path (real nodes only).
+    pub berth_cri: Option<Summary>,
     /// pods/resize -> container status reports it (kubelet alone).
     pub direct: Summary,
     /// Annotation write, then pods/resize -> container status reports it.
     pub after_write: Summary,
-    /// Per node: berth, direct and after-write samples in microseconds, in order.
-    pub samples: Vec<[Vec<u64>; 3]>,
+    /// Per node, per kind of sample (berth, direct, after-write, then berth through CRI on real
+    /// nodes): microseconds, in order.
+    pub samples: Vec<Vec<Vec<u64>>>,
 }
 
-/// The three ways a sample is taken, in the order of [`Report::samples`].
-#[derive(Clone, Copy)]
+/// The ways a sample is taken, in the order of [`Report::samples`].
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
     Berth,
     Direct,
     AfterWrite,
+    /// berth, on an agent-managed pod: the agent's CRI path.
+    BerthCri,
 }
 
 impl Path {
-    const ALL: [Path; 3] = [Path::Berth, Path::Direct, Path::AfterWrite];
+    fn all(real: bool) -> &'static [Path] {
+        if real {
+            &[Path::Berth, Path::Direct, Path::AfterWrite, Path::BerthCri]
+        } else {
+            &[Path::Berth, Path::Direct, Path::AfterWrite]
+        }
+    }
 
     fn pod(self, node: &str) -> String {
         match self {
             Path::Berth => format!("rz-{node}"),
             Path::Direct => format!("direct-{node}"),
             Path::AfterWrite => format!("touched-{node}"),
+            Path::BerthCri => format!("rz-cri-{node}"),
         }
     }
 }
@@ -80,11 +102,18 @@ fn phase(s: usize) -> Duration {
     RELIST.mul_f64((s as f64 * 0.618_034).fract())
 }
 
-fn pod(name: &str, node: &str, managed: bool) -> Result<Pod> {
+/// The image pods run: any name on hollow nodes; one containerd.sh imported on real ones.
+fn image(real: bool) -> String {
+    if real { "berth.local/busybox:1".into() } else { berth_e2e::images().0 }
+}
+
+fn pod(name: &str, node: &str, path: Path, real: bool) -> Result<Pod> {
+    let managed = matches!(path, Path::Berth | Path::BerthCri);
     let labels = if managed { json!({keys::MANAGED: "true", "app": "rz"}) } else { json!({"app": "rz-direct"}) };
+    let annotations = if path == Path::BerthCri { json!({keys::RESIZE_AGENT_MANAGED: "true"}) } else { json!({}) };
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": berth_e2e::images().0,
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": image(real),
             "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}}}]}
     }))?)
 }
@@ -96,8 +125,9 @@ impl Agent {
     async fn start(client: &Client, node: &str, opts: &Options) -> Result<Self> {
         let agents: Api<Pod> = Api::namespaced(client.clone(), "berth-system");
         let name = format!("bench-agent-{node}");
+        let image = image(opts.cri_socket.is_some());
         let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
-            "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": berth_e2e::images().0}]}});
+            "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": image}]}});
         let placeholder = agents.patch(&name, &PatchParams::apply("berth-bench"), &Patch::Apply(placeholder)).await?;
         let token =
             berth_e2e::identity::token(client, "berth-system", NODE_AGENT_SERVICE_ACCOUNT, Some(&placeholder)).await?;
@@ -109,9 +139,14 @@ impl Agent {
         let path = opts.work_dir.join(format!("node-agent-{node}.kubeconfig"));
         std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
         let log = std::fs::File::create(opts.work_dir.join(format!("node-agent-{node}.log")))?;
-        let child = std::process::Command::new(&opts.agent_bin)
+        let mut command = std::process::Command::new(&opts.agent_bin);
+        if let Some(socket) = &opts.cri_socket {
+            command.env("BERTH_CRI_SOCKET", socket);
+        }
+        let child = command
             .env("KUBECONFIG", &path)
             .env("NODE_NAME", node)
+            .env("BERTH_STATE_DIR", opts.work_dir.join(format!("node-agent-{node}.state")))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -131,8 +166,8 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
     let ns = BenchNamespace::create(client, "resize", run_id).await?;
     let result = measure(client, &ns, opts).await;
     let agents: Api<Pod> = Api::namespaced(client.clone(), "berth-system");
-    for i in 0..opts.nodes {
-        let _ = agents.delete(&format!("bench-agent-hollow-node-{i}"), &Default::default()).await;
+    for node in &opts.nodes {
+        let _ = agents.delete(&format!("bench-agent-{node}"), &Default::default()).await;
     }
     ns.delete(Duration::from_secs(120)).await?;
     result
@@ -140,38 +175,39 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
 
 async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result<Report> {
     let pods: Api<Pod> = ns.api();
-    let nodes: Vec<String> = (0..opts.nodes).map(|i| format!("hollow-node-{i}")).collect();
-    for node in &nodes {
-        for path in Path::ALL {
-            pods.create(&PostParams::default(), &pod(&path.pod(node), node, matches!(path, Path::Berth))?).await?;
+    let (nodes, real) = (&opts.nodes, opts.cri_socket.is_some());
+    let paths = Path::all(real);
+    for node in nodes {
+        for &path in paths {
+            pods.create(&PostParams::default(), &pod(&path.pod(node), node, path, real)?).await?;
         }
     }
     let ready = |p: Option<&Pod>| p.is_some_and(berth_e2e::pod_ready);
-    for node in &nodes {
-        for path in Path::ALL {
+    for node in nodes {
+        for path in paths {
             berth_e2e::wait_for(&pods, &path.pod(node), Duration::from_secs(120), "Ready", ready).await?;
         }
     }
     let mut agents = vec![];
-    for node in &nodes {
+    for node in nodes {
         agents.push(Agent::start(client, node, opts).await?);
     }
     // The agents list their pods before acting: one warm-up resize each, not recorded.
     let per_node = futures::future::try_join_all(nodes.iter().map(|node| {
         let pods = pods.clone();
         async move {
-            let mut taken: [Vec<u64>; 3] = Default::default();
+            let mut taken: Vec<Vec<u64>> = vec![vec![]; paths.len()];
             let mut turn = 0;
             for s in 0..=opts.samples {
                 let cpu = if s % 2 == 0 { "600m" } else { "500m" };
                 // Which goes first rotates, so none always meets the kubelet just after another.
-                for k in 0..Path::ALL.len() {
-                    let i = (s + k) % Path::ALL.len();
+                for k in 0..paths.len() {
+                    let i = (s + k) % paths.len();
                     tokio::time::sleep(phase(turn)).await;
                     turn += 1;
-                    let name = Path::ALL[i].pod(node);
-                    let took = match Path::ALL[i] {
-                        Path::Berth => through_berth(&pods, &name, cpu).await?,
+                    let name = paths[i].pod(node);
+                    let took = match paths[i] {
+                        Path::Berth | Path::BerthCri => through_berth(&pods, &name, cpu).await?,
                         Path::Direct => direct_resize(&pods, &name, cpu, false).await?,
                         Path::AfterWrite => direct_resize(&pods, &name, cpu, true).await?,
                     };
@@ -187,16 +223,20 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
     drop(agents);
     let all = |i: usize| -> Vec<u64> { per_node.iter().flat_map(|t| t[i].iter().copied()).collect() };
     let report = Report {
-        nodes: opts.nodes,
+        nodes: nodes.len(),
+        real_nodes: real,
         berth: Summary::of(&all(0)),
+        berth_cri: real.then(|| Summary::of(&all(3))),
         direct: Summary::of(&all(1)),
         after_write: Summary::of(&all(2)),
         samples: per_node,
     };
     let ms = |s: &Summary| format!("{:.0}/{:.0} ms", s.p50_us as f64 / 1e3, s.p99_us as f64 / 1e3);
     eprintln!(
-        "[bench] resize p50/p99: Created->Applied {}; pods/resize alone {}; pods/resize after a pod write {}",
+        "[bench] resize p50/p99 on {}: Created->Applied {}{}; pods/resize alone {}; pods/resize after a pod write {}",
+        nodes.join(", "),
         ms(&report.berth),
+        report.berth_cri.as_ref().map(|s| format!(" (through CRI: {})", ms(s))).unwrap_or_default(),
         ms(&report.direct),
         ms(&report.after_write)
     );

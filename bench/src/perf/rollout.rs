@@ -99,26 +99,24 @@ fn template(labels: &serde_json::Value, image: &str, nodes: Nodes) -> serde_json
     t
 }
 
-/// The real node is there and Ready, or an error saying how to add it.
-async fn real_node_ready(client: &Client) -> Result<()> {
+/// The name of a Ready real node, or an error saying how to add one.
+pub async fn real_node(client: &Client) -> Result<String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let listed = nodes.list(&ListParams::default().labels(&format!("{REAL_NODE_LABEL}=true"))).await?;
-    anyhow::ensure!(
-        listed.items.iter().any(|n| {
-            let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
-            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }),
-        "no Ready node labelled {REAL_NODE_LABEL}=true: add one with `e2e/cluster/cluster.sh real-node` \
-         (`make bench` does, as root), or leave out this scenario"
-    );
-    Ok(())
+    let ready = listed.items.iter().find(|n| berth_e2e::node_ready(n)).map(ResourceExt::name_any);
+    ready.with_context(|| {
+        format!(
+            "no Ready node labelled {REAL_NODE_LABEL}=true: add one with `e2e/cluster/cluster.sh real-node` \
+             (`make bench` does, as root), or leave out the scenarios on the real node"
+        )
+    })
 }
 
 pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report> {
     let (a, b) = match opts.nodes {
         Nodes::Hollow => berth_e2e::images(),
         Nodes::Real => {
-            real_node_ready(client).await?;
+            real_node(client).await?;
             (REAL_NODE_IMAGES.0.to_string(), REAL_NODE_IMAGES.1.to_string())
         }
     };
