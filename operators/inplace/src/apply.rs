@@ -9,8 +9,12 @@ use kube::{
 };
 
 use berth_api::{inplace::InPlaceUpdateState, keys, resize::ResizeRequest};
+use serde_json::json;
 
-use crate::{InPlaceChanges, patch};
+use crate::{
+    InPlaceChanges, patch,
+    progress::{Progress, progress},
+};
 
 /// Sets the pod's [`berth_api::keys::INPLACE_UPDATE_READY`] condition: False
 /// takes it out of Service endpoints ahead of an update, True brings it back.
@@ -25,6 +29,26 @@ pub async fn set_gate(
 ) -> kube::Result<Pod> {
     let condition = Patch::Strategic(patch::readiness_patch(open, reason, message, now));
     pods.patch_status(name, &PatchParams::default(), &condition).await
+}
+
+/// Opens the gate of a pod the plan saw closed with no update under way.
+/// A cache that holds the gate's closing but not yet the update's start
+/// looks the same, so the pod is read afresh: nothing is sent (`Ok(false)`)
+/// if it has an update in progress, or if it changed before the write (the
+/// patch carries its resourceVersion; the next pass plans again).
+pub async fn reopen_gate(pods: &Api<Pod>, name: &str, now: Timestamp) -> kube::Result<bool> {
+    let current = pods.get(name).await?;
+    if matches!(progress(&current), Ok(Progress::InProgress { .. } | Progress::Done { .. } | Progress::Resized { .. }))
+    {
+        return Ok(false);
+    }
+    let mut patch = patch::readiness_patch(true, "Ready", "", now);
+    patch["metadata"]["resourceVersion"] = json!(current.metadata.resource_version);
+    match pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Sends the start patch of an update to `revision` (recorded in

@@ -130,7 +130,9 @@ pub async fn execute(
                 .await;
         }
         Action::OpenGate { name } => {
-            apply::set_gate(pods, name, true, "Ready", "", now).await?;
+            if !apply::reopen_gate(pods, name, now).await? {
+                return Ok(false);
+            }
         }
         Action::DeleteRequested { name } => {
             delete_pod(pods, name).await?;

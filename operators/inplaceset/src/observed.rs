@@ -92,10 +92,16 @@ impl PodView {
         matches!(self.lifecycle, None | Some(LifecycleState::Normal))
     }
 
-    /// Serving: Ready, not on its way out, not mid-update (a pod whose resize
-    /// was refused runs its old revision untouched).
+    /// Serving: Ready, its readiness gate open, not on its way out, not
+    /// mid-update (a pod whose resize was refused runs its old revision
+    /// untouched). A closed gate takes the pod out of endpoints before the
+    /// kubelet's Ready follows, and a cache can hold the gate's closing before
+    /// the update's start: such a pod is not serving.
     pub fn serving(&self) -> bool {
-        self.ready && !self.terminating && matches!(self.progress, Progress::Idle | Progress::Refused { .. })
+        self.ready
+            && self.gate_open
+            && !self.terminating
+            && matches!(self.progress, Progress::Idle | Progress::Refused { .. })
     }
 }
 

@@ -275,7 +275,7 @@ async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, act
             publish(ctx, set, Some((namespace, name)), EventType::Normal, "SidecarUpgraded", note).await;
         }
         Action::OpenGate { namespace, name } => {
-            apply::set_gate(&Api::namespaced(ctx.client.clone(), namespace), name, true, "Ready", "", now).await?;
+            apply::reopen_gate(&Api::namespaced(ctx.client.clone(), namespace), name, now).await?;
         }
     }
     Ok(())

@@ -77,9 +77,11 @@ impl SidecarPod {
         &self.records[set]
     }
 
-    /// Ready, not going away, no in-place update in flight.
+    /// Ready, its readiness gate (if it has one) open, not going away, no
+    /// in-place update in flight. A cache can hold the gate's closing before
+    /// the upgrade's start, while the kubelet's Ready has not followed yet.
     fn available(&self) -> bool {
-        self.ready && !self.terminating && matches!(self.progress, Progress::Idle)
+        self.ready && (self.gate_open || !self.has_gate) && !self.terminating && matches!(self.progress, Progress::Idle)
     }
 }
 

@@ -88,6 +88,17 @@ fn pods_mid_upgrade_or_unready_use_up_the_budget() {
 }
 
 #[test]
+fn a_pod_with_its_gate_closed_uses_up_the_budget_while_the_kubelet_still_says_ready() {
+    // The cache holds the gate's closing but not yet the upgrade's start.
+    let old = spec("log:1", "info", json!({}));
+    let new = spec("log:2", "info", json!({"maxUnavailable": 1}));
+    let mut pods: Vec<_> = (0..4).map(|i| pod(i, &old, true)).collect();
+    pods[3].gate_open = false;
+    let actions = summary(&plan(&observed(new, pods)));
+    assert!(actions.iter().all(|a| a.contains("web-3")), "only web-3 is acted on: {actions:?}");
+}
+
+#[test]
 fn a_change_beyond_images_is_reported_not_applied() {
     let old = spec("log:1", "info", json!({}));
     let new = spec("log:2", "debug", json!({"maxUnavailable": 4}));

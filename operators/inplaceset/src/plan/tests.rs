@@ -162,6 +162,18 @@ fn pods_mid_update_count_against_max_unavailable() {
 }
 
 #[test]
+fn a_pod_with_its_gate_closed_counts_against_max_unavailable_while_the_kubelet_still_says_ready() {
+    // The cache holds the gate's closing (the first write of an update) but
+    // not yet the update's start, and the kubelet has not synced the gate.
+    let mut pods = ready_pods(4, "r1");
+    pods[3].gate_open = false;
+    let p = plan(&observed(spec(4, json!({})), pods));
+    let actions = summary(&p);
+    assert!(!actions.iter().any(|a| a.starts_with("in-place web-2")), "no budget left for web-2: {actions:?}");
+    assert!(actions.iter().all(|a| a.contains("web-3")), "only web-3 is acted on: {actions:?}");
+}
+
+#[test]
 fn unavailable_pods_are_updated_without_spending_the_budget() {
     let mut pods = ready_pods(4, "r1");
     pods[1].ready = false;
