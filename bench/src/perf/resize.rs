@@ -102,6 +102,12 @@ fn phase(s: usize) -> Duration {
     RELIST.mul_f64((s as f64 * 0.618_034).fract())
 }
 
+/// The cpu request a pod starts with and the one every other sample sets:
+/// the real node has only this machine's CPUs, shared by its four pods.
+fn cpus(real: bool) -> (&'static str, &'static str) {
+    if real { ("100m", "150m") } else { ("500m", "600m") }
+}
+
 /// The image pods run: any name on hollow nodes; one containerd.sh imported on real ones.
 fn image(real: bool) -> String {
     if real { "berth.local/busybox:1".into() } else { berth_e2e::images().0 }
@@ -114,7 +120,7 @@ fn pod(name: &str, node: &str, path: Path, real: bool) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": image(real),
-            "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}}}]}
+            "resources": {"requests": {"cpu": cpus(real).0, "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}}}]}
     }))?)
 }
 
@@ -199,7 +205,8 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
             let mut taken: Vec<Vec<u64>> = vec![vec![]; paths.len()];
             let mut turn = 0;
             for s in 0..=opts.samples {
-                let cpu = if s % 2 == 0 { "600m" } else { "500m" };
+                let (base, raised) = cpus(real);
+                let cpu = if s % 2 == 0 { raised } else { base };
                 // Which goes first rotates, so none always meets the kubelet just after another.
                 for k in 0..paths.len() {
                     let i = (s + k) % paths.len();

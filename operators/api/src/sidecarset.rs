@@ -193,7 +193,8 @@ pub struct SidecarSetUpdateStrategy {
     #[schemars(extend("maxLength" = 4))]
     pub partition: Option<IntOrString>,
     /// Most matched pods that may be unavailable while sidecars upgrade (a pod upgrading counts):
-    /// a count or a percent. Defaults to 1.
+    /// a count or a percent. Unavailable: not Ready, its berth.dev/InPlaceUpdateReady gate not
+    /// True, terminating, or upgrading. Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
     #[schemars(extend("maxLength" = 4))]

@@ -274,7 +274,8 @@ pub struct UpdateStrategy {
     pub partition: Option<IntOrString>,
 
     /// Most pods that may be unavailable during an update: a count or a percent of replicas.
-    /// Defaults to 1.
+    /// Unavailable: not Ready (or Ready for less than minReadySeconds), its
+    /// berth.dev/InPlaceUpdateReady gate not True, terminating, or mid-update. Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(COUNT_OR_PERCENT).message(COUNT_OR_PERCENT_MESSAGE))]
     #[schemars(extend("maxLength" = 4))]
