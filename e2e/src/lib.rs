@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod inplaceset;
 pub mod node_agent;
+pub mod real_node;
 pub mod sidecarset;
 
 use std::{collections::BTreeMap, fmt::Debug, path::PathBuf, time::Duration};

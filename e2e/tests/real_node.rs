@@ -13,30 +13,28 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail, ensure};
 use berth_api::InplaceSet;
-use berth_e2e::{TestNamespace, client, container_status, inplaceset::rolled_out, install_crds, node_ready, pod_ready};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use berth_e2e::{
+    TestNamespace, client, container_status,
+    inplaceset::rolled_out,
+    install_crds, pod_ready,
+    real_node::{self, IMAGES},
+};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
-const LABEL: &str = "berth.dev/real-node";
-/// Imported by e2e/containerd/containerd.sh: two images with their own IDs.
-const IMAGES: (&str, &str) = ("berth.local/busybox:1", "berth.local/busybox:2");
-
-/// The name of a Ready real node, or None (after saying why) when the test may skip.
+/// A Ready real node, or None (after saying why) when the test may skip.
 async fn real_node(client: &kube::Client) -> Result<Option<String>> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let listed = nodes.list(&ListParams::default().labels(&format!("{LABEL}=true"))).await?;
-    if let Some(n) = listed.items.iter().find(|n| node_ready(n)) {
-        return Ok(Some(n.name_any()));
+    if let Some(node) = real_node::ready(client).await? {
+        return Ok(Some(node));
     }
-    let why = format!("no Ready node labelled {LABEL}=true (add one: e2e/cluster/cluster.sh real-node, as root)");
     if std::env::var_os("E2E_REQUIRE_REAL_NODE").is_some() {
-        bail!("{why}");
+        bail!("{}", real_node::missing());
     }
-    eprintln!("skipped: {why}");
+    eprintln!("skipped: {}", real_node::missing());
     Ok(None)
 }
 
@@ -82,14 +80,9 @@ async fn an_image_update_on_a_real_node_keeps_the_sandbox_and_restarts_only_that
     let sets: Api<InplaceSet> = ns.api();
     let pods: Api<Pod> = ns.api();
     let template = |app: &str| {
-        json!({
-            "metadata": {"labels": {"app": "web"}},
-            "spec": {
-                "nodeSelector": {LABEL: "true"},
-                "tolerations": [{"key": LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-                "containers": [{"name": "app", "image": app}, {"name": "log", "image": IMAGES.0}]
-            }
-        })
+        let mut spec = real_node::placement();
+        spec["containers"] = json!([{"name": "app", "image": app}, {"name": "log", "image": IMAGES.0}]);
+        json!({"metadata": {"labels": {"app": "web"}}, "spec": spec})
     };
     let web: InplaceSet = serde_json::from_value(json!({
         "apiVersion": "apps.berth.dev/v1alpha1", "kind": "InplaceSet",

@@ -110,7 +110,7 @@ fn cpus(real: bool) -> (&'static str, &'static str) {
 
 /// The image pods run: any name on hollow nodes; one containerd.sh imported on real ones.
 fn image(real: bool) -> String {
-    if real { "berth.local/busybox:1".into() } else { berth_e2e::images().0 }
+    if real { berth_e2e::real_node::IMAGES.0.into() } else { berth_e2e::images().0 }
 }
 
 fn pod(name: &str, node: &str, path: Path, real: bool) -> Result<Pod> {

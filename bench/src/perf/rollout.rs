@@ -14,10 +14,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
 use berth_api::InplaceSet;
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{Node, Pod},
-};
+use berth_e2e::real_node;
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -37,11 +35,6 @@ pub enum Nodes {
     /// `real-node-0`, which runs its pods for real.
     Real,
 }
-
-/// The real node's label and taint (`cluster.sh real-node`).
-pub const REAL_NODE_LABEL: &str = "berth.dev/real-node";
-/// The images containerd.sh imports on the real node (no registry: never pulled).
-const REAL_NODE_IMAGES: (&str, &str) = ("berth.local/busybox:1", "berth.local/busybox:2");
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -93,22 +86,17 @@ fn template(labels: &serde_json::Value, image: &str, nodes: Nodes) -> serde_json
                                   "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
     });
     if nodes == Nodes::Real {
-        t["spec"]["nodeSelector"] = json!({REAL_NODE_LABEL: "true"});
-        t["spec"]["tolerations"] = json!([{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}]);
+        let placement = real_node::placement();
+        t["spec"].as_object_mut().expect("an object").extend(placement.as_object().cloned().unwrap_or_default());
     }
     t
 }
 
 /// The name of a Ready real node, or an error saying how to add one.
 pub async fn real_node(client: &Client) -> Result<String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let listed = nodes.list(&ListParams::default().labels(&format!("{REAL_NODE_LABEL}=true"))).await?;
-    let ready = listed.items.iter().find(|n| berth_e2e::node_ready(n)).map(ResourceExt::name_any);
-    ready.with_context(|| {
-        format!(
-            "no Ready node labelled {REAL_NODE_LABEL}=true: add one with `e2e/cluster/cluster.sh real-node` \
-             (`make bench` does, as root), or leave out the scenarios on the real node"
-        )
+    let node = real_node::ready(client).await?;
+    node.with_context(|| {
+        format!("{} (`make bench` does), or leave out the scenarios on the real node", real_node::missing())
     })
 }
 
@@ -117,7 +105,7 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
         Nodes::Hollow => berth_e2e::images(),
         Nodes::Real => {
             real_node(client).await?;
-            (REAL_NODE_IMAGES.0.to_string(), REAL_NODE_IMAGES.1.to_string())
+            (real_node::IMAGES.0.to_string(), real_node::IMAGES.1.to_string())
         }
     };
     let prefix = |kind: &str| match opts.nodes {
