@@ -208,33 +208,15 @@ async fn main() -> Result<()> {
     }
 
     s.webhook = scenario!("webhook", webhook(&args));
+    let rollout_opts =
+        |nodes, pods| rollout::Options { nodes, pods, max_unavailable: args.max_unavailable.clone(), timeout };
     s.rollout = scenario!(
         "rollout",
-        rollout::run(
-            &client,
-            &run,
-            &rollout::Options {
-                nodes: rollout::Nodes::Hollow,
-                pods: args.rollout_pods,
-                max_unavailable: args.max_unavailable.clone(),
-                timeout
-            }
-        )
-        .await
+        rollout::run(&client, &run, &rollout_opts(rollout::Nodes::Hollow, args.rollout_pods)).await
     );
     s.rollout_real = scenario!(
         "rollout-real",
-        rollout::run(
-            &client,
-            &run,
-            &rollout::Options {
-                nodes: rollout::Nodes::Real,
-                pods: args.rollout_real_pods,
-                max_unavailable: args.max_unavailable.clone(),
-                timeout
-            }
-        )
-        .await
+        rollout::run(&client, &run, &rollout_opts(rollout::Nodes::Real, args.rollout_real_pods)).await
     );
     s.scale = scenario!(
         "scale",
@@ -357,17 +339,22 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// A rollout's time, in place against the StatefulSet's, beside the 0.2x goal.
+fn rollout_row(r: &rollout::Report, where_: &str) -> Row {
+    Row::new(
+        &format!("rollout {} pods{where_}: InplaceSet in place", r.inplaceset.pods),
+        "s",
+        r.inplaceset.rollout_seconds,
+        Some((r.statefulset.rollout_seconds, "StatefulSet RollingUpdate")),
+        Goal::RatioBelow { limit: 0.2 },
+    )
+}
+
 fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
     let mut rows = vec![];
     if let Some(r) = &s.rollout_real {
         let (i, t) = (&r.inplaceset, &r.statefulset);
-        rows.push(Row::new(
-            &format!("rollout {} pods, real node: InplaceSet in place", i.pods),
-            "s",
-            i.rollout_seconds,
-            Some((t.rollout_seconds, "StatefulSet RollingUpdate")),
-            Goal::RatioBelow { limit: 0.2 },
-        ));
+        rows.push(rollout_row(r, ", real node"));
         notes.push(format!(
             "rollout on the real node (kubelet, containerd, runc, CNI bridge): pods Ready after creation in \
              {:.1} s (InplaceSet) and {:.1} s (StatefulSet); pods recreated: InplaceSet {}, StatefulSet {}",
@@ -376,13 +363,7 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
     }
     if let Some(r) = &s.rollout {
         let (i, t) = (&r.inplaceset, &r.statefulset);
-        rows.push(Row::new(
-            &format!("rollout {} pods: InplaceSet in place", i.pods),
-            "s",
-            i.rollout_seconds,
-            Some((t.rollout_seconds, "StatefulSet RollingUpdate")),
-            Goal::RatioBelow { limit: 0.2 },
-        ));
+        rows.push(rollout_row(r, ""));
         rows.push(Row::new(
             "rollout: pods that changed node (InplaceSet)",
             "pods",
