@@ -30,8 +30,16 @@ pub async fn token(client: &Client, node: &str) -> Result<String> {
     let name = placeholder_name(node);
     let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
         "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": images().0}]}});
-    let placeholder = pods.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(placeholder)).await?;
-    identity::token(client, MANAGER_NAMESPACE, NODE_AGENT_SERVICE_ACCOUNT, Some(&placeholder)).await
+    // One left terminating by an earlier suite's cleanup would take the token's validity with it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let applied = pods.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&placeholder)).await?;
+        if applied.metadata.deletion_timestamp.is_none() {
+            return identity::token(client, MANAGER_NAMESPACE, NODE_AGENT_SERVICE_ACCOUNT, Some(&applied)).await;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "placeholder pod {name} still terminating after 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A client acting as the node agent of `node`.

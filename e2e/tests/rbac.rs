@@ -45,6 +45,7 @@ const MANAGER: &[&str] = &[
     "/namespaces: list,watch",
     "/nodes: get",
     "/persistentvolumeclaims: create,delete,get,list,patch,watch",
+    "/pods/resize: patch",
     "/pods/status: patch",
     "/pods: create,delete,get,list,patch,watch",
     "admissionregistration.k8s.io/mutatingwebhookconfigurations[berth-validating,berth-mutating]: create,get,patch",

@@ -8,8 +8,9 @@
 //! the write, timed from it. berth's request is such a write, and the kubelet
 //! syncs a pod at once on a change after a quiet spell, but each further sync
 //! waits for a PLEG relist (every 1 s) newer than the last one. Samples rotate
-//! between the three, on every node at once, each after a pause spread over
-//! one relist period so they do not all meet the relist at the same phase.
+//! between the three, on every node at once, each on a pod left alone for
+//! [`QUIET`] and after a pause spread over one relist period so they do not
+//! all meet the relist at the same phase.
 //!
 //! On the real node (`cluster.sh real-node`: the kubelet on containerd) the
 //! agent is given that containerd's socket, and a fourth kind of sample goes
@@ -95,6 +96,13 @@ impl Path {
 
 /// The kubelet's PLEG relist period, over which sample start times are spread.
 const RELIST: Duration = Duration::from_secs(1);
+
+/// How long a pod is left alone after a sample before its next one: the
+/// kubelet queues a sync for each write an operation made (berth's last one,
+/// Applied, comes after the resize), and each waits for a relist newer than
+/// the sync before it, so a pod's worker is idle two relists after its last
+/// write. A request on a pod still draining such a queue waits for it.
+const QUIET: Duration = Duration::from_millis(2500);
 
 /// The pause before sample `s`: multiples of the golden ratio modulo the
 /// relist period cover it evenly, the same in every run.
@@ -203,6 +211,7 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
         let pods = pods.clone();
         async move {
             let mut taken: Vec<Vec<u64>> = vec![vec![]; paths.len()];
+            let mut quiet_from = vec![Instant::now(); paths.len()];
             let mut turn = 0;
             for s in 0..=opts.samples {
                 let (base, raised) = cpus(real);
@@ -210,6 +219,7 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
                 // Which goes first rotates, so none always meets the kubelet just after another.
                 for k in 0..paths.len() {
                     let i = (s + k) % paths.len();
+                    tokio::time::sleep_until(quiet_from[i] + QUIET).await;
                     tokio::time::sleep(phase(turn)).await;
                     turn += 1;
                     let name = paths[i].pod(node);
@@ -218,6 +228,7 @@ async fn measure(client: &Client, ns: &BenchNamespace, opts: &Options) -> Result
                         Path::Direct => direct_resize(&pods, &name, cpu, false).await?,
                         Path::AfterWrite => direct_resize(&pods, &name, cpu, true).await?,
                     };
+                    quiet_from[i] = Instant::now();
                     if s > 0 {
                         taken[i].push(micros(took));
                     }

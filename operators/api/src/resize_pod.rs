@@ -5,11 +5,86 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{PodSpec, ResourceRequirements},
+    api::core::v1::{Pod, PodSpec, ResourceRequirements},
     apimachinery::pkg::api::resource::Quantity,
 };
+use serde_json::{Value, json};
 
-use crate::{quantity, resize::ResizeRequest};
+use crate::{keys, quantity, resize::ResizeRequest};
+
+/// Who changes a pod's running resources (the node agent's `--resize-mode`,
+/// which the manager is told too: it sends `pods/resize` itself when it
+/// accepts a request the kubelet applies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// The kubelet's `pods/resize`, unless the pod carries
+    /// `berth.dev/resize-agent-managed: "true"`.
+    Auto,
+    /// Always the kubelet's `pods/resize`.
+    Kubelet,
+    /// Always the node agent's CRI path.
+    Agent,
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kubelet" => Ok(Self::Kubelet),
+            "agent" => Ok(Self::Agent),
+            other => Err(format!("unknown resize mode {other:?}; allowed: auto, kubelet, agent")),
+        }
+    }
+}
+
+/// Whether `pod`'s resources are changed by the node agent through CRI
+/// rather than by the kubelet.
+pub fn agent_managed(pod: &Pod, mode: ResizeMode) -> bool {
+    match mode {
+        ResizeMode::Agent => true,
+        ResizeMode::Kubelet => false,
+        ResizeMode::Auto => pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::RESIZE_AGENT_MANAGED))
+            .is_some_and(|v| v == "true"),
+    }
+}
+
+/// Equal amounts for every resource either side names.
+fn same(a: Option<&BTreeMap<String, Quantity>>, b: Option<&BTreeMap<String, Quantity>>) -> bool {
+    let (a, b) = (a.cloned().unwrap_or_default(), b.cloned().unwrap_or_default());
+    let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    keys.into_iter().all(|k| {
+        let amount = |m: &BTreeMap<String, Quantity>| m.get(k).and_then(|q| quantity::amount(k, q).ok());
+        amount(&a) == amount(&b)
+    })
+}
+
+/// The same amounts requested and limited.
+pub fn same_resources(a: &ResourceRequirements, b: &ResourceRequirements) -> bool {
+    same(a.requests.as_ref(), b.requests.as_ref()) && same(a.limits.as_ref(), b.limits.as_ref())
+}
+
+/// The strategic-merge patch for `pods/resize` that carries out `req` on a
+/// pod with `spec` (every value of each named container, untouched ones
+/// too), or `None` when the spec already holds them.
+pub fn resize_patch(spec: &PodSpec, req: &ResizeRequest) -> Result<Option<Value>, String> {
+    let desired = resized(spec, req)?;
+    let in_spec = |name: &String| {
+        let now =
+            spec.containers.iter().find(|c| &c.name == name).and_then(|c| c.resources.clone()).unwrap_or_default();
+        same_resources(&now, &desired[name])
+    };
+    if req.containers.keys().all(in_spec) {
+        return Ok(None);
+    }
+    let containers: Vec<Value> =
+        req.containers.keys().map(|n| json!({"name": n, "resources": desired[n.as_str()]})).collect();
+    Ok(Some(json!({"spec": {"containers": containers}})))
+}
 
 /// A pod's quality-of-service class, as the kubelet computes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +186,34 @@ mod tests {
 
     fn req(v: serde_json::Value) -> ResizeRequest {
         v.to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn the_resize_patch_names_every_value_of_the_changed_containers_and_is_none_once_in_the_spec() {
+        let before = spec(json!({"requests": {"cpu": "500m"}, "limits": {"cpu": "2"}}));
+        let request = req(json!({"containers": {"app": {"requests": {"cpu": "800m"}}}}));
+        let patch = resize_patch(&before, &request).unwrap().unwrap();
+        assert_eq!(
+            patch,
+            json!({"spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": "800m"}, "limits": {"cpu": "2"}}}]}})
+        );
+        // Written the other way ("0.8" for 800m): already in the spec, nothing to send.
+        let after = spec(json!({"requests": {"cpu": "0.8"}, "limits": {"cpu": "2000m"}}));
+        assert_eq!(resize_patch(&after, &request), Ok(None));
+        let missing = req(json!({"containers": {"db": {"requests": {"cpu": "1"}}}}));
+        assert!(resize_patch(&before, &missing).unwrap_err().contains("\"db\" is not in the pod"));
+    }
+
+    #[test]
+    fn the_mode_and_the_pod_mark_choose_the_path() {
+        let mut pod = Pod::default();
+        assert!(!agent_managed(&pod, ResizeMode::Auto));
+        assert!(agent_managed(&pod, ResizeMode::Agent));
+        pod.metadata.annotations = Some([(keys::RESIZE_AGENT_MANAGED.to_string(), "true".to_string())].into());
+        assert!(agent_managed(&pod, ResizeMode::Auto));
+        assert!(!agent_managed(&pod, ResizeMode::Kubelet), "kubelet mode ignores the mark");
+        assert_eq!("agent".parse::<ResizeMode>(), Ok(ResizeMode::Agent));
+        assert!("both".parse::<ResizeMode>().unwrap_err().contains("allowed: auto, kubelet, agent"));
     }
 
     #[test]

@@ -46,6 +46,14 @@ struct Args {
     #[arg(long, env = "BERTH_RESIZE_ACCEPT_DEADLINE", default_value_t = 300)]
     resize_accept_deadline: u64,
 
+    /// The node agents' --resize-mode (auto, kubelet or agent). Accepting a
+    /// request the kubelet applies, the manager sends it to pods/resize
+    /// before it records Accepted: the kubelet then acts on it at once,
+    /// where a resize arriving behind the Accepted write waits for its next
+    /// PLEG relist (up to 1 s).
+    #[arg(long, env = "BERTH_RESIZE_MODE", default_value = "auto", value_parser = ["auto", "kubelet", "agent"])]
+    resize_mode: String,
+
     /// Nodes whose resize requests are decided at once (each node's requests stay one after the other).
     #[arg(long, env = "BERTH_RESIZE_NODE_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     resize_node_workers: u16,
@@ -92,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         logs.init()
     }
     args.lease.validate()?;
+    let resize_mode: berth_resize::controller::ResizeMode = args.resize_mode.parse().map_err(anyhow::Error::msg)?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut shutdown = Box::pin(async move {
         tokio::select! {
@@ -185,7 +194,12 @@ async fn main() -> anyhow::Result<()> {
         );
         let deadline = Duration::from_secs(args.resize_accept_deadline);
         let workers = args.resize_node_workers.into();
-        let resizes = berth_resize::controller::run(client.clone(), store.clone(), pods.subscribe(), deadline, workers);
+        let resizes = berth_resize::controller::run(
+            client.clone(),
+            store.clone(),
+            pods.subscribe(),
+            berth_resize::controller::Settings { deadline, node_workers: workers, mode: resize_mode },
+        );
         // The first to end (a shutdown signal: they stop on it themselves) ends them all.
         let mut controllers = Box::pin(async {
             tokio::select! {

@@ -2,62 +2,25 @@
 //! from the pod alone. Pure.
 //!
 //! Two paths ([`ResizeMode`]): the kubelet's (send the new resources through
-//! `pods/resize`, wait until container status reports them, then apply a
+//! `pods/resize`, unless the manager did as it accepted the request; wait until container status reports them, then apply a
 //! cpuset policy through CRI, which the kubelet cannot do), or the agent's
 //! own (the whole change through CRI, for agent-managed pods or every pod).
 
 use std::collections::BTreeMap;
 
+pub use berth_api::resize_pod::{ResizeMode, agent_managed};
 use berth_api::{
-    keys, quantity,
+    keys,
     resize::{ResizeRequest, ResizeState},
-    resize_pod,
+    resize_pod::{self, same_resources},
 };
 use k8s_openapi::{
     api::core::v1::{Pod, ResourceRequirements},
     apimachinery::pkg::api::resource::Quantity,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::runtime_resize::Scope;
-
-/// Which path a request takes (`--resize-mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResizeMode {
-    /// The kubelet's `pods/resize`, unless the pod carries
-    /// `berth.dev/resize-agent-managed: "true"`.
-    Auto,
-    /// Always the kubelet's `pods/resize`.
-    Kubelet,
-    /// Always the agent's CRI path.
-    Agent,
-}
-
-impl std::str::FromStr for ResizeMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "kubelet" => Ok(Self::Kubelet),
-            "agent" => Ok(Self::Agent),
-            other => Err(format!("unknown resize mode {other:?}; allowed: auto, kubelet, agent")),
-        }
-    }
-}
-
-/// Whether `pod`'s resources are changed by the agent through CRI.
-pub fn agent_managed(pod: &Pod, mode: ResizeMode) -> bool {
-    match mode {
-        ResizeMode::Agent => true,
-        ResizeMode::Kubelet => false,
-        ResizeMode::Auto => pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(keys::RESIZE_AGENT_MANAGED))
-            .is_some_and(|v| v == "true"),
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
@@ -73,20 +36,6 @@ pub enum Step {
     /// request, or only its cpuset after the kubelet applied the resources
     /// (`done` says what the kubelet did).
     Runtime { request: ResizeRequest, scope: Scope, done: Option<String> },
-}
-
-/// Equal amounts for every resource either side names.
-fn same(a: Option<&BTreeMap<String, Quantity>>, b: Option<&BTreeMap<String, Quantity>>) -> bool {
-    let (a, b) = (a.cloned().unwrap_or_default(), b.cloned().unwrap_or_default());
-    let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).collect();
-    keys.into_iter().all(|k| {
-        let amount = |m: &BTreeMap<String, Quantity>| m.get(k).and_then(|q| quantity::amount(k, q).ok());
-        amount(&a) == amount(&b)
-    })
-}
-
-fn same_resources(a: &ResourceRequirements, b: &ResourceRequirements) -> bool {
-    same(a.requests.as_ref(), b.requests.as_ref()) && same(a.limits.as_ref(), b.limits.as_ref())
 }
 
 /// The next step for `pod`, or `None` when it has no Accepted request.
@@ -109,17 +58,13 @@ pub fn next_step(pod: &Pod, mode: ResizeMode) -> Option<Step> {
     if agent_managed(pod, mode) {
         return Some(Step::Runtime { request, scope: Scope::Full, done: None });
     }
-    let changed: Vec<&String> = request.containers.keys().collect();
-    let in_spec = |name: &String| {
-        let now =
-            spec.containers.iter().find(|c| &c.name == name).and_then(|c| c.resources.clone()).unwrap_or_default();
-        same_resources(&now, &desired[name])
-    };
-    if !changed.iter().all(|n| in_spec(n)) {
-        let containers: Vec<Value> =
-            changed.iter().map(|n| json!({"name": n, "resources": desired[n.as_str()]})).collect();
-        return Some(Step::Resize(json!({"spec": {"containers": containers}})));
+    // Sent by the manager as it accepted (or by an earlier pass): nothing to send.
+    match resize_pod::resize_patch(spec, &request) {
+        Ok(Some(patch)) => return Some(Step::Resize(patch)),
+        Ok(None) => {}
+        Err(e) => return Some(Step::Failed(e)),
     }
+    let changed: Vec<&String> = request.containers.keys().collect();
     let status = pod.status.as_ref();
     let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     if let Some(pending) = conditions.iter().find(|c| c.type_ == "PodResizePending" && c.status == "True") {
@@ -159,6 +104,8 @@ fn describe(r: &ResourceRequirements) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     const REQ: &str = r#"{"containers":{"app":{"requests":{"cpu":"800m"}}}}"#;
@@ -245,7 +192,5 @@ mod tests {
         assert!(
             matches!(next_step(&p, ResizeMode::Auto), Some(Step::Failed(m)) if m.contains("\"db\" is not in the pod"))
         );
-        assert_eq!("agent".parse::<ResizeMode>(), Ok(ResizeMode::Agent));
-        assert!("both".parse::<ResizeMode>().unwrap_err().contains("allowed: auto, kubelet, agent"));
     }
 }

@@ -4,10 +4,19 @@
 //! Rejected with the numbers in `berth.dev/resize-message`, and an Event.
 //! The node's pods are listed fresh for each decision (all of them, not only
 //! berth's), so the sum is the node's real one.
+//!
+//! Accepting a request the kubelet applies, the new resources go to
+//! `pods/resize` first and Accepted is written second. In the other order
+//! the kubelet takes the Accepted write for a sync that waits for its next
+//! PLEG relist (its previous sync, for the Created write, was moments
+//! before), and the resize, arriving during that wait, is queued behind it
+//! for the relist after: up to 1 s, where a resize alone is carried out at
+//! once (the kubelet asks for an on-demand relist for it).
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use berth_api::{keys, resize::ResizeState};
+pub use berth_api::resize_pod::ResizeMode;
+use berth_api::{keys, resize::ResizeState, resize_pod};
 use berth_inplace::pods::{CachedPod, PodCache};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
@@ -34,16 +43,26 @@ fn waiting_node(pod: &CachedPod) -> Option<String> {
     (state == ResizeState::Created).then(|| pod.node().map(String::from)).flatten()
 }
 
+/// How the controller works.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How long an Accepted request may wait for the node agent.
+    pub deadline: Duration,
+    /// Nodes decided at once (at least one).
+    pub node_workers: usize,
+    /// The node agents' mode: which accepted requests the kubelet applies.
+    pub mode: ResizeMode,
+}
+
 /// Decides requests until the process ends: `pods` is the manager's shared
 /// cache (to notice requests), `changes` its stream of changed pods.
-/// `node_workers` nodes are decided at once (at least one).
 pub async fn run(
     client: Client,
     pods: PodCache,
     changes: impl Stream<Item = Arc<CachedPod>> + Send + 'static,
-    deadline: Duration,
-    node_workers: usize,
+    settings: Settings,
 ) {
+    let Settings { deadline, node_workers, mode } = settings;
     if pods.wait_until_ready().await.is_err() {
         warn!("pod cache never became ready");
         return;
@@ -68,7 +87,7 @@ pub async fn run(
             .for_each_concurrent(node_workers.max(1), |node| {
                 let (client, recorder) = (&client, &recorder);
                 async move {
-                    if let Err(e) = decide(client, recorder, &node).await {
+                    if let Err(e) = decide(client, recorder, &node, mode).await {
                         warn!(node = %node, error = %e, "resize feasibility pass failed; retried on the next change or resync");
                     }
                 }
@@ -78,7 +97,7 @@ pub async fn run(
     }
 }
 
-async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result<(), kube::Error> {
+async fn decide(client: &Client, recorder: &Recorder, node_name: &str, mode: ResizeMode) -> Result<(), kube::Error> {
     let node = Api::<Node>::all(client.clone()).get(node_name).await?;
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
     let pods = Api::<Pod>::all(client.clone()).list(&on_node).await?.items;
@@ -88,11 +107,21 @@ async fn decide(client: &Client, recorder: &Recorder, node_name: &str) -> Result
         let pod = pods.iter().find(|p| {
             p.metadata.namespace.as_deref() == Some(decision.namespace.as_str()) && p.name_any() == decision.name
         })?;
-        Some(write_decision(client, recorder, node_name, pod, decision))
+        Some(write_decision(client, recorder, node_name, pod, decision, mode))
     });
     let results: Vec<Result<(), kube::Error>> =
         futures::stream::iter(writes).buffer_unordered(WRITES_PER_NODE).collect().await;
     results.into_iter().collect()
+}
+
+/// The `pods/resize` patch to send before writing Accepted: for a request
+/// the kubelet applies, whose resources the spec does not hold yet.
+pub fn kubelet_resize(pod: &Pod, mode: ResizeMode) -> Option<serde_json::Value> {
+    if resize_pod::agent_managed(pod, mode) {
+        return None;
+    }
+    let (_, request) = crate::feasibility::resize_of(pod)?;
+    resize_pod::resize_patch(pod.spec.as_ref()?, &request.ok()?).ok().flatten()
 }
 
 /// Decisions of one node written at once.
@@ -104,16 +133,28 @@ async fn write_decision(
     node_name: &str,
     pod: &Pod,
     decision: crate::feasibility::Decision,
+    mode: ResizeMode,
 ) -> Result<(), kube::Error> {
     let (state, message, type_, reason) = match &decision.outcome {
         Ok(m) => (ResizeState::Accepted, m, EventType::Normal, "ResizeAccepted"),
         Err(m) => (ResizeState::Rejected, m, EventType::Warning, "ResizeRejected"),
     };
-    // Guarded: a pod changed since the list is decided again next pass.
-    let accepted_at = (state == ResizeState::Accepted).then(|| Timestamp::now().to_string());
-    let patch = json!({"metadata": {"resourceVersion": pod.resource_version(), "annotations": {
-        keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message, keys::RESIZE_ACCEPTED_AT: accepted_at}}});
     let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
+    let mut version = pod.resource_version();
+    if state == ResizeState::Accepted
+        && let Some(patch) = kubelet_resize(pod, mode)
+    {
+        match api.patch_resize(&decision.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+            Ok(resized) => version = resized.resource_version(),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            // The node agent sends it again and records what the apiserver says.
+            Err(e) => warn!(pod = %decision.name, error = %e, "pods/resize refused; left to the node agent"),
+        }
+    }
+    // Guarded: a pod changed since the list (or the resize) is decided again next pass.
+    let accepted_at = (state == ResizeState::Accepted).then(|| Timestamp::now().to_string());
+    let patch = json!({"metadata": {"resourceVersion": version, "annotations": {
+        keys::RESIZE_STATE: state.as_str(), keys::RESIZE_MESSAGE: message, keys::RESIZE_ACCEPTED_AT: accepted_at}}});
     match api.patch(&decision.name, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(()),
@@ -157,5 +198,33 @@ async fn expire(client: &Client, recorder: &Recorder, pods: &PodCache, deadline:
                 warn!(pod = %pod.name_any(), error = %e, "could not expire the resize; retried on the next resync")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: serde_json::Value, cpu: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "a",
+                "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": "2"}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_requests_the_kubelet_applies_are_sent_to_pods_resize_before_accepted() {
+        let request = json!({keys::RESIZE_STATE: "Created", keys::RESIZE: r#"{"containers":{"app":{"requests":{"cpu":"800m"}}}}"#});
+        let patch = kubelet_resize(&pod(request.clone(), "500m"), ResizeMode::Auto).expect("kubelet path");
+        assert_eq!(patch["spec"]["containers"][0]["resources"]["requests"]["cpu"], "800m");
+        assert_eq!(kubelet_resize(&pod(request.clone(), "500m"), ResizeMode::Agent), None, "agent mode: CRI");
+        assert_eq!(kubelet_resize(&pod(request.clone(), "800m"), ResizeMode::Auto), None, "already in the spec");
+        let mut managed = request.clone();
+        managed[keys::RESIZE_AGENT_MANAGED] = json!("true");
+        assert_eq!(kubelet_resize(&pod(managed, "500m"), ResizeMode::Auto), None, "agent-managed pod: CRI");
+        let unreadable = json!({keys::RESIZE_STATE: "Created", keys::RESIZE: "{"});
+        assert_eq!(kubelet_resize(&pod(unreadable, "500m"), ResizeMode::Auto), None, "decided Rejected, nothing sent");
     }
 }
