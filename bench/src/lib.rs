@@ -3,6 +3,7 @@
 //! reports. Each figure is reported beside a baseline measured in the same
 //! run, so the ratio holds on any machine.
 
+pub mod cpu;
 pub mod load;
 pub mod perf;
 pub mod report;

@@ -392,6 +392,23 @@ fn rows(s: &Scenarios, args: &Args, notes: &mut Vec<String>) -> Vec<Row> {
             Some((t.pods_per_second, "StatefulSet Parallel")),
             Goal::RatioAtLeast { limit: 1.5 },
         ));
+        // Where the CPU went (all three are CPU-bound on a small machine): the same median rounds.
+        let per_pod = |run: &scale::Run, cpu: f64| cpu * 1e3 / run.pods.max(1) as f64;
+        rows.push(Row::new(
+            "scale: machine CPU per pod created, InplaceSet",
+            "ms",
+            per_pod(i, i.cpu.machine_busy_seconds),
+            Some((per_pod(p, p.cpu.machine_busy_seconds), "plain client")),
+            Goal::None,
+        ));
+        let manager = |run: &scale::Run| run.cpu.processes.get("berth-manager").copied().unwrap_or_default();
+        rows.push(Row::new(
+            "scale: berth-manager CPU per pod created, InplaceSet",
+            "ms",
+            per_pod(i, manager(i)),
+            Some((per_pod(p, manager(p)), "plain client's pods: the webhook alone")),
+            Goal::None,
+        ));
         let each = |f: fn(&scale::Round) -> f64| r.rounds.iter().map(|x| format!("{:.0}", f(x))).collect::<Vec<_>>();
         notes.push(format!(
             "scale: median of {} rounds; pods/s per round: plain client {:?}, InplaceSet {:?}, StatefulSet {:?}",

@@ -28,6 +28,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use berth_api::SidecarSet;
 use berth_bench::{
+    cpu::{Cpu, CpuUse, clock_ticks},
     load::{self, Outcome, Plan, Server},
     report::{Goal, Row, table, write_json},
     stats::{Summary, micros},
@@ -112,58 +113,6 @@ fn state_dir() -> PathBuf {
 }
 
 /// CPU seconds used so far by a process, and by the whole machine (busy, all CPUs).
-#[derive(Clone, Copy, Debug, Default)]
-struct Cpu {
-    process: Option<f64>,
-    machine_busy: f64,
-    machine_total: f64,
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn cpu_now(pid: Option<u32>, ticks: f64) -> Cpu {
-    let process = pid.and_then(|pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command (which may hold spaces): state is field 3; utime, stime are 14, 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (u, s): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-        Some((u + s) / ticks)
-    });
-    let (mut busy, mut total) = (0.0, 0.0);
-    if let Some(line) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| s.lines().next().map(String::from)) {
-        let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-        total = v.iter().take(8).sum::<f64>() / ticks;
-        let idle = (v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0)) / ticks;
-        busy = total - idle;
-    }
-    Cpu { process, machine_busy: busy, machine_total: total }
-}
-
-/// CPU used between two readings.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-struct CpuUse {
-    /// Manager CPU seconds.
-    manager_seconds: Option<f64>,
-    /// Busy share of the whole machine (all CPUs), 0..1.
-    machine_busy: f64,
-}
-
-fn cpu_between(a: Cpu, b: Cpu) -> CpuUse {
-    let total = b.machine_total - a.machine_total;
-    CpuUse {
-        manager_seconds: a.process.zip(b.process).map(|(x, y)| y - x),
-        machine_busy: if total > 0.0 { (b.machine_busy - a.machine_busy) / total } else { 0.0 },
-    }
-}
-
 fn manager_pid(args: &Args) -> Option<u32> {
     let file = args.manager_pid_file.clone().unwrap_or_else(|| state_dir().join("pids/berth-manager.pid"));
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
@@ -382,13 +331,13 @@ async fn webhook_load(args: &Args, client: &Client, ns: &str, run: &str, pid: Op
             args.rate
         );
         let plan = healthz(per_round);
-        let before = cpu_now(pid, ticks);
+        let before = Cpu::now(pid, None, ticks);
         h_runs.push(load::run(&server, &plan).await?);
-        add(&mut cpu_h, cpu_between(before, cpu_now(pid, ticks)));
+        add(&mut cpu_h, CpuUse::between(&before, &Cpu::now(pid, None, ticks)));
         let plan = review(&format!("bench-{run}-r{round}-"), per_round)?;
-        let before = cpu_now(pid, ticks);
+        let before = Cpu::now(pid, None, ticks);
         r_runs.push(load::run(&server, &plan).await?);
-        add(&mut cpu_r, cpu_between(before, cpu_now(pid, ticks)));
+        add(&mut cpu_r, CpuUse::between(&before, &Cpu::now(pid, None, ticks)));
     }
     let (healthz, review) = (Outcome::of(&h_runs), Outcome::of(&r_runs));
     // The decision lines of the recorded reviews (the log is written as they are decided).
@@ -584,7 +533,7 @@ async fn pod_phases(
         );
         for k in order {
             let p = &mut phases[k];
-            let before = cpu_now(pid, ticks);
+            let before = Cpu::now(pid, None, ticks);
             let calls_before = webhook_calls(client).await;
             let (samples, failed, first, wrong) = create_pods(
                 client,
@@ -596,7 +545,7 @@ async fn pod_phases(
                 p.injected,
             )
             .await?;
-            let used = cpu_between(before, cpu_now(pid, ticks));
+            let used = CpuUse::between(&before, &Cpu::now(pid, None, ticks));
             if let (Ok(a), Ok(b)) = (calls_before, webhook_calls(client).await) {
                 p.webhook_calls.0 += b.0 - a.0;
                 p.webhook_calls.1 += b.1 - a.1;

@@ -18,7 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{BenchNamespace, HOLD_GATE, Tracker, create_all, held_pod};
+use super::{BenchNamespace, HOLD_GATE, Tracker, create_all, held_pod, manager_pid, state_dir};
+use crate::cpu::{Cpu, CpuUse, clock_ticks};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -39,6 +40,8 @@ pub struct Run {
     pub pods_per_second: f64,
     /// Seconds (since the scale) at which each pod was first seen, sorted.
     pub progress: Vec<f64>,
+    /// CPU the machine and each process used from the scale until every pod was seen.
+    pub cpu: CpuUse,
 }
 
 /// Each kind's median round, and every round's rate.
@@ -86,9 +89,20 @@ fn template(labels: &serde_json::Value) -> serde_json::Value {
     })
 }
 
-fn run_of(kind: &'static str, pods: usize, seconds: f64, progress: Vec<f64>) -> Run {
-    eprintln!("[bench] scale {kind}: {pods} pods in {seconds:.1}s ({:.0} pods/s)", pods as f64 / seconds);
-    Run { kind, pods, seconds, pods_per_second: pods as f64 / seconds.max(1e-9), progress }
+fn run_of(kind: &'static str, pods: usize, seconds: f64, progress: Vec<f64>, cpu: CpuUse) -> Run {
+    eprintln!(
+        "[bench] scale {kind}: {pods} pods in {seconds:.1}s ({:.0} pods/s); {}",
+        pods as f64 / seconds,
+        cpu.describe()
+    );
+    Run { kind, pods, seconds, pods_per_second: pods as f64 / seconds.max(1e-9), progress, cpu }
+}
+
+/// A CPU reading of the machine, the manager and the cluster's processes.
+fn cpu_now() -> Cpu {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(clock_ticks);
+    Cpu::now(manager_pid(1).ok(), Some(&state_dir().join("pids")), ticks)
 }
 
 /// The kinds in round `round`'s order: rotated by one each round.
@@ -141,18 +155,18 @@ async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> 
     let labels = json!({"app": app});
     let result = match kind {
         Kind::PlainClient => {
-            let pods: Api<Pod> = ns.api();
+            let pods: Api<Pod> = Api::namespaced(plain_client(client, &ns.name).await?, &ns.name);
             let seen = Tracker::start(pods.clone(), &selector, |_| true).await?;
             let batch: Vec<Pod> =
                 (0..m).map(|i| held_pod(&format!("raw-{i}"), labels.clone())).collect::<Result<_>>()?;
-            let t0 = Instant::now();
+            let (t0, cpu0) = (Instant::now(), cpu_now());
             let done = async {
                 create_all(&pods, batch, opts.concurrency).await?;
                 seen.wait(m, opts.timeout, "plain client: pods seen").await?;
-                Ok::<_, anyhow::Error>(t0.elapsed().as_secs_f64())
+                Ok::<_, anyhow::Error>((t0.elapsed().as_secs_f64(), CpuUse::between(&cpu0, &cpu_now())))
             }
             .await;
-            done.map(|seconds| (seconds, seen.seconds_since(t0)))
+            done.map(|(seconds, cpu)| (seconds, seen.seconds_since(t0), cpu))
         }
         Kind::InplaceSet => {
             let set: InplaceSet = serde_json::from_value(json!({
@@ -175,8 +189,23 @@ async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> 
         }
     };
     ns.delete(opts.timeout).await?;
-    let (seconds, progress) = result?;
-    Ok(run_of(kind.name(), m, seconds, progress))
+    let (seconds, progress, cpu) = result?;
+    Ok(run_of(kind.name(), m, seconds, progress, cpu))
+}
+
+/// The plain client: a service account allowed to edit its namespace, as a
+/// controller is. Not the bench's admin credentials: system:masters skips
+/// authorization and API Priority and Fairness, which no controller does.
+async fn plain_client(admin: &Client, ns: &str) -> Result<Client> {
+    const ACCOUNT: &str = "bench-plain-client";
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": ns}]
+    }))?;
+    Api::namespaced(admin.clone(), ns).create(&PostParams::default(), &binding).await?;
+    let token = berth_e2e::identity::token(admin, ns, ACCOUNT, None).await?;
+    berth_e2e::identity::client_with(token).await
 }
 
 /// Creates `workload` (0 replicas), waits until its controller observed it,
@@ -189,7 +218,7 @@ async fn scale_workload<K>(
     timeout: Duration,
     workload: &K,
     observed: impl Fn(&K) -> bool,
-) -> Result<(f64, Vec<f64>)>
+) -> Result<(f64, Vec<f64>, CpuUse)>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -212,10 +241,11 @@ where
     anyhow::ensure!(seen_by_controller, "the controller never observed {name} (30 s)");
     let pods: Api<Pod> = ns.api();
     let seen = Tracker::start(pods, selector, |_| true).await?;
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_now());
     api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": m}}))).await?;
     seen.wait(m, timeout, selector).await?;
-    Ok((t0.elapsed().as_secs_f64(), seen.seconds_since(t0)))
+    let cpu = CpuUse::between(&cpu0, &cpu_now());
+    Ok((t0.elapsed().as_secs_f64(), seen.seconds_since(t0), cpu))
 }
 
 #[cfg(test)]
@@ -223,7 +253,7 @@ mod tests {
     use super::*;
 
     fn run(rate: f64) -> Run {
-        Run { kind: "x", pods: 1, seconds: 1.0 / rate, pods_per_second: rate, progress: vec![] }
+        Run { kind: "x", pods: 1, seconds: 1.0 / rate, pods_per_second: rate, progress: vec![], cpu: CpuUse::default() }
     }
 
     #[test]
