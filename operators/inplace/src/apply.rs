@@ -33,10 +33,22 @@ pub async fn set_gate(
 
 /// Opens the gate of a pod the plan saw closed with no update under way.
 /// A cache that holds the gate's closing but not yet the update's start
-/// looks the same, so the pod is read afresh: nothing is sent (`Ok(false)`)
-/// if it has an update in progress, or if it changed before the write (the
-/// patch carries its resourceVersion; the next pass plans again).
-pub async fn reopen_gate(pods: &Api<Pod>, name: &str, now: Timestamp) -> kube::Result<bool> {
+/// looks the same, so the write is guarded by the resourceVersion the plan
+/// saw (`seen`): it lands only on that very pod. If the pod moved on since,
+/// it is read afresh: nothing is sent (`Ok(false)`) if it has an update in
+/// progress, or if it changed again before the write (the next pass plans
+/// again). One write for a pod the cache holds as it is, where a read before
+/// every write cost a quorum read per new pod.
+pub async fn reopen_gate(pods: &Api<Pod>, name: &str, seen: Option<&str>, now: Timestamp) -> kube::Result<bool> {
+    if let Some(seen) = seen {
+        let mut patch = patch::readiness_patch(true, "Ready", "", now);
+        patch["metadata"]["resourceVersion"] = json!(seen);
+        match pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
     let current = pods.get(name).await?;
     if matches!(progress(&current), Ok(Progress::InProgress { .. } | Progress::Done { .. } | Progress::Resized { .. }))
     {

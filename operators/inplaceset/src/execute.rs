@@ -129,8 +129,8 @@ pub async fn execute(
             publish(ctx, set, Some(name), EventType::Normal, "Lifecycle", "Lifecycle", format!("{name} is now {to}"))
                 .await;
         }
-        Action::OpenGate { name } => {
-            if !apply::reopen_gate(pods, name, now).await? {
+        Action::OpenGate { name, version } => {
+            if !apply::reopen_gate(pods, name, version.as_deref(), now).await? {
                 return Ok(false);
             }
         }

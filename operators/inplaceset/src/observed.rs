@@ -13,6 +13,8 @@ use k8s_openapi::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
     pub name: String,
+    /// Its resourceVersion: writes made on what the plan saw are guarded by it.
+    pub version: Option<String>,
     pub ordinal: i32,
     /// Its `controller-revision-hash` label.
     pub revision: Option<String>,
@@ -57,6 +59,7 @@ impl PodView {
         let condition = |type_: &str| find(type_).is_some_and(|c| c.status == "True");
         Ok(Self {
             name,
+            version: pod.metadata.resource_version.clone(),
             ordinal,
             revision: labels.get(keys::CONTROLLER_REVISION_HASH).cloned(),
             ready: condition("Ready"),
@@ -127,6 +130,7 @@ fn stuck_since(pod: &Pod) -> Option<Timestamp> {
 pub(crate) fn test_pod(ordinal: i32, revision: &str, ready: bool) -> PodView {
     PodView {
         name: format!("web-{ordinal}"),
+        version: Some("1".into()),
         ordinal,
         revision: Some(revision.into()),
         ready,

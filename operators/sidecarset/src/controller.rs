@@ -274,8 +274,8 @@ async fn execute(ctx: &Context, set: &SidecarSet, latest: &InjectedRevision, act
             let note = format!("{namespace}/{name}: sidecars upgraded in place");
             publish(ctx, set, Some((namespace, name)), EventType::Normal, "SidecarUpgraded", note).await;
         }
-        Action::OpenGate { namespace, name } => {
-            apply::reopen_gate(&Api::namespaced(ctx.client.clone(), namespace), name, now).await?;
+        Action::OpenGate { namespace, name, version } => {
+            apply::reopen_gate(&Api::namespaced(ctx.client.clone(), namespace), name, version.as_deref(), now).await?;
         }
     }
     Ok(())

@@ -23,6 +23,8 @@ pub const UPGRADE_DEADLINE: SignedDuration = SignedDuration::from_secs(300);
 pub struct SidecarPod {
     pub namespace: String,
     pub name: String,
+    /// Its resourceVersion: writes made on what the plan saw are guarded by it.
+    pub version: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// What every SidecarSet injected (the annotation is rewritten whole).
     pub records: InjectedRevisions,
@@ -62,6 +64,7 @@ impl SidecarPod {
             namespace: meta.namespace.clone().unwrap_or_default(),
             progress: progress(pod).map_err(|e| format!("pod {name}: {e}"))?,
             name,
+            version: meta.resource_version.clone(),
             labels: meta.labels.clone().unwrap_or_default(),
             records,
             images,
@@ -103,7 +106,8 @@ pub enum Action {
     /// The upgrade completed: gate True, in-place state removed.
     Finish { namespace: String, name: String },
     /// A pod injected with the readiness gate, idle, whose gate is not open.
-    OpenGate { namespace: String, name: String },
+    /// `version`: the resourceVersion the plan saw ([`berth_inplace::apply::reopen_gate`]).
+    OpenGate { namespace: String, name: String, version: Option<String> },
 }
 
 impl Action {
@@ -112,7 +116,7 @@ impl Action {
         match self {
             Action::Upgrade { namespace, name, .. }
             | Action::Finish { namespace, name }
-            | Action::OpenGate { namespace, name } => {
+            | Action::OpenGate { namespace, name, .. } => {
                 format!("{namespace}/{name}")
             }
         }
@@ -148,7 +152,9 @@ pub fn plan(o: &Observed) -> Plan {
             p @ Progress::InProgress { waiting, .. } if p.is_overdue(o.now, UPGRADE_DEADLINE) => {
                 out.blocked.push(Blocked::Overdue { namespace, name, waiting: waiting.clone() })
             }
-            Progress::Idle if pod.has_gate && !pod.gate_open => out.actions.push(Action::OpenGate { namespace, name }),
+            Progress::Idle if pod.has_gate && !pod.gate_open => {
+                out.actions.push(Action::OpenGate { namespace, name, version: pod.version.clone() })
+            }
             _ => {}
         }
     }

@@ -18,6 +18,7 @@ fn pod(i: usize, injected: &SidecarSetSpec, ready: bool) -> SidecarPod {
     SidecarPod {
         namespace: "prod".into(),
         name: format!("web-{i}"),
+        version: Some("1".into()),
         labels: BTreeMap::from([("app".into(), "web".into())]),
         records: BTreeMap::from([("logs".into(), record)]),
         images: BTreeMap::from([

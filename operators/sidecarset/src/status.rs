@@ -121,6 +121,7 @@ mod tests {
         SidecarPod {
             namespace: "prod".into(),
             name: format!("web-{i}"),
+            version: Some("1".into()),
             labels: BTreeMap::new(),
             records: BTreeMap::from([("logs".into(), revision("logs", at, 0))]),
             images: BTreeMap::new(),

@@ -50,7 +50,8 @@ pub enum Action {
     FinishInPlace { name: String },
     /// A pod with no update in flight whose readiness gate is not True (new,
     /// or an update start that failed half way): open it.
-    OpenGate { name: String },
+    /// `version`: the resourceVersion the plan saw ([`berth_inplace::apply::reopen_gate`]).
+    OpenGate { name: String, version: Option<String> },
     /// Move the pod's lifecycle state, adding the hook's labels and finalizers
     /// (which hold it there until someone removes them).
     Transition { name: String, to: LifecycleState, hook: Option<LifecycleHook> },
@@ -74,7 +75,7 @@ impl Action {
             | Action::StartInPlace { name, .. }
             | Action::StartResize { name, .. }
             | Action::FinishInPlace { name }
-            | Action::OpenGate { name }
+            | Action::OpenGate { name, .. }
             | Action::Transition { name, .. } => Some(name),
             _ => None,
         }
@@ -208,7 +209,7 @@ pub fn plan(observed: &Observed) -> Plan {
                         Some(LifecycleState::PreparingNormal | LifecycleState::PreparingUpdate)
                     ) =>
             {
-                out.actions.push(Action::OpenGate { name: pod.name.clone() })
+                out.actions.push(Action::OpenGate { name: pod.name.clone(), version: pod.version.clone() })
             }
             Progress::Done { .. } => out.actions.push(Action::FinishInPlace { name: pod.name.clone() }),
             // A resize phase for a revision no longer the target: drop its record, then plan afresh.
@@ -217,7 +218,7 @@ pub fn plan(observed: &Observed) -> Plan {
             }
             // Refused: it keeps running its old revision; back into endpoints if the update had taken it out.
             Progress::Refused { .. } if !pod.gate_open && pod.lifecycle != Some(LifecycleState::PreparingDelete) => {
-                out.actions.push(Action::OpenGate { name: pod.name.clone() })
+                out.actions.push(Action::OpenGate { name: pod.name.clone(), version: pod.version.clone() })
             }
             p @ Progress::InProgress { waiting, .. } if p.is_overdue(o.now, IN_PLACE_DEADLINE) => {
                 out.blocked.push(Blocked::Overdue { name: pod.name.clone(), waiting: waiting.clone() })

@@ -88,7 +88,7 @@ fn summary(p: &Plan) -> Vec<String> {
             Action::StartInPlace { name, revision, .. } => format!("in-place {name}@{revision}"),
             Action::StartResize { name, revision, .. } => format!("resize {name}@{revision}"),
             Action::FinishInPlace { name } => format!("finish {name}"),
-            Action::OpenGate { name } => format!("open-gate {name}"),
+            Action::OpenGate { name, .. } => format!("open-gate {name}"),
             Action::CloseGate { name } => format!("close-gate {name}"),
             Action::Transition { name, to, hook } => {
                 format!("{name} -> {to}{}", if hook.is_some() { " (hooked)" } else { "" })
@@ -348,7 +348,11 @@ fn a_closed_gate_on_an_idle_pod_is_opened() {
     pods[0].ready = false;
     pods[1].gate_open = false;
     pods[1].terminating = true;
-    assert_eq!(summary(&plan(&observed(spec(2, json!({})), pods))), ["open-gate web-0"]);
+    pods[0].version = Some("4711".into());
+    let planned = plan(&observed(spec(2, json!({})), pods));
+    assert_eq!(summary(&planned), ["open-gate web-0"]);
+    // The write is guarded by what the plan saw: it lands only on that version of the pod.
+    assert_eq!(planned.actions[0], Action::OpenGate { name: "web-0".into(), version: Some("4711".into()) });
 }
 
 #[test]
