@@ -94,6 +94,22 @@ impl TestNamespace {
         Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await?;
         Ok(())
     }
+
+    /// Deletes it and waits until it is gone, its pods with it: for a suite
+    /// whose pods fill a node that later suites use.
+    pub async fn delete_and_wait(self, timeout: Duration) -> Result<()> {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        self.delete().await?;
+        let namespaces: Api<Namespace> = Api::all(client);
+        let gone = kube::runtime::wait::await_condition(namespaces.clone(), &name, |n: Option<&Namespace>| n.is_none());
+        match tokio::time::timeout(timeout, gone).await {
+            Ok(result) => result.map(|_| ()).map_err(|e| anyhow!("namespace {name}: watch failed: {e}")),
+            Err(_) => {
+                let last = namespaces.get_opt(&name).await.ok().flatten().and_then(|n| n.status);
+                bail!("namespace {name}: not gone after {timeout:?}; its status: {last:?}")
+            }
+        }
+    }
 }
 
 /// Waits until `condition` holds for the named object, or fails after `timeout`
