@@ -142,11 +142,13 @@ async fn write_decision(
     let api: Api<Pod> = Api::namespaced(client.clone(), &decision.namespace);
     let mut version = pod.resource_version();
     if state == ResizeState::Accepted
-        && let Some(patch) = kubelet_resize(pod, mode)
+        && let Some(mut patch) = kubelet_resize(pod, mode)
     {
+        // Guarded too: only the pod the decision was made for is resized.
+        patch["metadata"] = json!({"resourceVersion": version});
         match api.patch_resize(&decision.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
             Ok(resized) => version = resized.resource_version(),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(()),
             // The node agent sends it again and records what the apiserver says.
             Err(e) => warn!(pod = %decision.name, error = %e, "pods/resize refused; left to the node agent"),
         }
