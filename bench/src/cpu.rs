@@ -111,6 +111,24 @@ impl CpuUse {
     }
 }
 
+/// Waits until the machine is quiet: a one-second window with at most
+/// `busy` (0..1) of all CPUs busy, for at most `limit`. What an earlier
+/// scenario left running (pods of a real node being torn down) would
+/// otherwise be charged to the next measurement. Returns the last window's
+/// busy share, and whether it settled.
+pub async fn settle(busy: f64, limit: std::time::Duration) -> (f64, bool) {
+    let ticks = clock_ticks();
+    let start = std::time::Instant::now();
+    loop {
+        let a = Cpu::now(None, None, ticks);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let share = CpuUse::between(&a, &Cpu::now(None, None, ticks)).machine_busy;
+        if share <= busy || start.elapsed() >= limit {
+            return (share, share <= busy);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

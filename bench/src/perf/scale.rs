@@ -143,8 +143,19 @@ pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report
     Ok(Report { plain_client: pick(plain), inplaceset: pick(sets), statefulset: pick(stateful), rounds })
 }
 
+/// Busy share of the machine below which a scale-up may start.
+const QUIET: f64 = 0.5;
+
 async fn run_kind(client: &Client, run_id: &str, kind: Kind, opts: &Options) -> Result<Run> {
     let m = opts.pods;
+    let (busy, settled) = crate::cpu::settle(QUIET, Duration::from_secs(30)).await;
+    if !settled {
+        eprintln!(
+            "[bench] scale {}: the machine is still {:.0}% busy after 30 s; measuring anyway",
+            kind.name(),
+            busy * 100.0
+        );
+    }
     let (prefix, app) = match kind {
         Kind::PlainClient => ("scale-raw", "scale-raw"),
         Kind::InplaceSet => ("scale-ips", "scale-ips"),
