@@ -75,6 +75,17 @@ start() {
 
 alive() { [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 
+# stop_groups PID...: each component leads its own process group (setsid):
+# TERM every group, give each leader up to 10 s, then KILL what is left.
+stop_groups() {
+  local pid i
+  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    i=0; while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.2; i=$((i + 1)); done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+}
+
 # wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds; fail naming the log.
 wait_for() {
   local name="$1" secs="$2"; shift 2
@@ -383,12 +394,11 @@ YAML
 real_node_down() {
   local dir="$STATE/real-node"
   [[ -d "$dir" ]] || return 0
-  if alive kubelet; then
-    local pid; pid=$(cat "$PIDS/kubelet.pid")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    local i=0; while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.2; i=$((i + 1)); done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  fi
+  local kubelets=()
+  alive kubelet && kubelets+=("$(cat "$PIDS/kubelet.pid")")
+  # And any kubelet on this node's config started by hand (e.g. again with more -v for a trace).
+  mapfile -t -O "${#kubelets[@]}" kubelets < <(pgrep -f -- "kubelet --config $dir/config.yaml" || true)
+  (( ${#kubelets[@]} == 0 )) || stop_groups "${kubelets[@]}"
   CONTAINERD_STATE="$dir/containerd" "$ROOT/e2e/containerd/containerd.sh" down || true
   local m
   for m in $(awk -v s="$dir/" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
@@ -411,18 +421,13 @@ cmd_down() {
   local stopped=0
   real_node_down
   if [[ -d "$PIDS" ]]; then
+    local f pids=()
     for f in "$PIDS"/*.pid; do
       [[ -e "$f" ]] || continue
-      local pid; pid=$(cat "$f")
-      # Each component leads its own process group (setsid).
-      kill -TERM -- "-$pid" 2>/dev/null && stopped=$((stopped + 1)) || true
+      pids+=("$(cat "$f")")
+      kill -0 "${pids[-1]}" 2>/dev/null && stopped=$((stopped + 1))
     done
-    for f in "$PIDS"/*.pid; do
-      [[ -e "$f" ]] || continue
-      local pid; pid=$(cat "$f") i=0
-      while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.2; i=$((i + 1)); done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    (( ${#pids[@]} == 0 )) || stop_groups "${pids[@]}"
   fi
   rm -rf "$STATE/etcd" "$STATE/nodes" "$PIDS" "$PKI" "$STATE"/*.kubeconfig "$STATE/kubeconfig" \
     "$STATE/server" "$STATE"/hollow-fleet-*.count "$STATE/kwok-nodes.yaml"
@@ -435,13 +440,11 @@ cmd_down() {
 cmd_restart_apiserver() {
   [[ -n "$BIN" && -x "$BIN" ]] || die "BERTH_K8S must name the berth-k8s binary; got '${BIN}'"
   alive kube-apiserver || die "kube-apiserver is not running (cluster.sh up first)"
-  local pid args=() i=0 t0=$SECONDS
+  local pid args=() t0=$SECONDS
   pid=$(cat "$PIDS/kube-apiserver.pid")
   # argv: berth-k8s kube-apiserver --flag ...; keep everything after the binary.
   mapfile -d '' -t args < "/proc/$pid/cmdline"
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && (( i < 50 )); do sleep 0.1; i=$((i + 1)); done
-  kill -KILL -- "-$pid" 2>/dev/null || true
+  stop_groups "$pid"
   log "kube-apiserver stopped; starting it again"
   setsid "$BIN" "${args[@]:1}" >>"$LOGS/kube-apiserver.log" 2>&1 < /dev/null &
   echo $! >"$PIDS/kube-apiserver.pid"
