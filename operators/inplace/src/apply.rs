@@ -40,22 +40,23 @@ pub async fn set_gate(
 /// again). One write for a pod the cache holds as it is, where a read before
 /// every write cost a quorum read per new pod.
 pub async fn reopen_gate(pods: &Api<Pod>, name: &str, seen: Option<&str>, now: Timestamp) -> kube::Result<bool> {
-    if let Some(seen) = seen {
-        let mut patch = patch::readiness_patch(true, "Ready", "", now);
-        patch["metadata"]["resourceVersion"] = json!(seen);
-        match pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e),
-        }
+    if let Some(seen) = seen
+        && open_gate_at(pods, name, seen, now).await?
+    {
+        return Ok(true);
     }
     let current = pods.get(name).await?;
     if matches!(progress(&current), Ok(Progress::InProgress { .. } | Progress::Done { .. } | Progress::Resized { .. }))
     {
         return Ok(false);
     }
+    open_gate_at(pods, name, current.metadata.resource_version.as_deref().unwrap_or_default(), now).await
+}
+
+/// Opens the gate if the pod is still at `version`; `Ok(false)` if it moved on.
+async fn open_gate_at(pods: &Api<Pod>, name: &str, version: &str, now: Timestamp) -> kube::Result<bool> {
     let mut patch = patch::readiness_patch(true, "Ready", "", now);
-    patch["metadata"]["resourceVersion"] = json!(current.metadata.resource_version);
+    patch["metadata"]["resourceVersion"] = json!(version);
     match pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
