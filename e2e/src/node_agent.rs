@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use berth_api::resize::NODE_AGENT_SERVICE_ACCOUNT;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -14,7 +14,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{FIELD_MANAGER, identity, images, kubeconfig_path, repo_root};
+use crate::{FIELD_MANAGER, identity, images, kubeconfig_path, real_node, repo_root};
 
 /// Where berth's own service accounts live on the local cluster (e2e/manager.sh).
 pub const MANAGER_NAMESPACE: &str = "berth-system";
@@ -28,8 +28,15 @@ pub fn placeholder_name(node: &str) -> String {
 pub async fn token(client: &Client, node: &str) -> Result<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
     let name = placeholder_name(node);
+    // An image the node can run: the real node pulls nothing, it has only what containerd.sh imported.
+    let labels = Api::<Node>::all(client.clone()).get(node).await?.metadata.labels.unwrap_or_default();
+    let image = if labels.get(real_node::LABEL).is_some_and(|v| v == "true") {
+        real_node::IMAGES.0.to_string()
+    } else {
+        images().0
+    };
     let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
-        "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": images().0}]}});
+        "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": image}]}});
     // One left terminating by an earlier suite's cleanup would take the token's validity with it.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -40,6 +47,16 @@ pub async fn token(client: &Client, node: &str) -> Result<String> {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "placeholder pod {name} still terminating after 60 s");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// The local cluster's kubeconfig, authenticated as the node agent of `node`.
+pub async fn kubeconfig(client: &Client, node: &str) -> Result<Kubeconfig> {
+    let mut kubeconfig = Kubeconfig::read_from(kubeconfig_path()?)?;
+    let token = token(client, node).await?;
+    for named in &mut kubeconfig.auth_infos {
+        named.auth_info = Some(AuthInfo { token: Some(token.clone().into()), ..Default::default() });
+    }
+    Ok(kubeconfig)
 }
 
 /// A client acting as the node agent of `node`.
@@ -56,11 +73,7 @@ impl Agent {
     pub async fn start(client: &Client, node: &str) -> Result<Self> {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let mut kubeconfig = Kubeconfig::read_from(kubeconfig_path()?)?;
-        let token = token(client, node).await?;
-        for named in &mut kubeconfig.auth_infos {
-            named.auth_info = Some(AuthInfo { token: Some(token.clone().into()), ..Default::default() });
-        }
+        let kubeconfig = kubeconfig(client, node).await?;
         let dir = std::env::var_os("E2E_STATE")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/e2e"));

@@ -21,12 +21,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use berth_api::{keys, resize::NODE_AGENT_SERVICE_ACCOUNT};
+use berth_api::keys;
+use berth_e2e::node_agent;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    config::{AuthInfo, Kubeconfig},
 };
 use serde::Serialize;
 use serde_json::json;
@@ -137,18 +137,7 @@ struct Agent(std::process::Child);
 
 impl Agent {
     async fn start(client: &Client, node: &str, opts: &Options) -> Result<Self> {
-        let agents: Api<Pod> = Api::namespaced(client.clone(), "berth-system");
-        let name = format!("bench-agent-{node}");
-        let image = image(opts.cri_socket.is_some());
-        let placeholder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node,
-            "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT, "containers": [{"name": "agent", "image": image}]}});
-        let placeholder = agents.patch(&name, &PatchParams::apply("berth-bench"), &Patch::Apply(placeholder)).await?;
-        let token =
-            berth_e2e::identity::token(client, "berth-system", NODE_AGENT_SERVICE_ACCOUNT, Some(&placeholder)).await?;
-        let mut kubeconfig = Kubeconfig::read_from(berth_e2e::kubeconfig_path()?)?;
-        for named in &mut kubeconfig.auth_infos {
-            named.auth_info = Some(AuthInfo { token: Some(token.clone().into()), ..Default::default() });
-        }
+        let kubeconfig = node_agent::kubeconfig(client, node).await?;
         std::fs::create_dir_all(&opts.work_dir)?;
         let path = opts.work_dir.join(format!("node-agent-{node}.kubeconfig"));
         std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
@@ -179,9 +168,9 @@ impl Drop for Agent {
 pub async fn run(client: &Client, run_id: &str, opts: &Options) -> Result<Report> {
     let ns = BenchNamespace::create(client, "resize", run_id).await?;
     let result = measure(client, &ns, opts).await;
-    let agents: Api<Pod> = Api::namespaced(client.clone(), "berth-system");
+    let agents: Api<Pod> = Api::namespaced(client.clone(), node_agent::MANAGER_NAMESPACE);
     for node in &opts.nodes {
-        let _ = agents.delete(&format!("bench-agent-{node}"), &Default::default()).await;
+        let _ = agents.delete(&node_agent::placeholder_name(node), &Default::default()).await;
     }
     ns.delete(Duration::from_secs(120)).await?;
     result

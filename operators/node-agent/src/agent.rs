@@ -2,9 +2,10 @@
 //! from the pod alone. Pure.
 //!
 //! Two paths ([`ResizeMode`]): the kubelet's (send the new resources through
-//! `pods/resize`, unless the manager did as it accepted the request; wait until container status reports them, then apply a
-//! cpuset policy through CRI, which the kubelet cannot do), or the agent's
-//! own (the whole change through CRI, for agent-managed pods or every pod).
+//! `pods/resize` unless the manager did as it accepted the request, wait
+//! until container status reports them, then apply a cpuset policy through
+//! CRI, which the kubelet cannot do), or the agent's own (the whole change
+//! through CRI, for agent-managed pods or every pod).
 
 use std::collections::BTreeMap;
 
