@@ -89,12 +89,6 @@ pub fn decide(node: &Node, pods: &[Pod], candidate: &Pod, request: &ResizeReques
     let node_name = node.metadata.name.clone().unwrap_or_default();
     let total = allocatable(node)?;
     let spec = candidate.spec.as_ref().ok_or("the pod has no spec")?;
-    // Nothing more for the node to hold (the manager may already have sent it
-    // to pods/resize, then failed to record Accepted): rejecting would say
-    // the pod keeps values it no longer has.
-    if request.cpuset.is_none() && resize_pod::resize_patch(spec, request)?.is_none() {
-        return Ok(format!("fits node {node_name}: the pod's spec already holds these values"));
-    }
     let after = requests(resize_pod::resized(spec, request)?.values());
     let same = |p: &Pod| p.metadata.uid == candidate.metadata.uid && p.metadata.name == candidate.metadata.name;
     let others = pods.iter().filter(|p| !same(p) && running(p));

@@ -48,22 +48,6 @@ fn a_request_that_fits_is_accepted_and_one_that_overcommits_is_rejected_with_num
 }
 
 #[test]
-fn a_request_the_spec_already_holds_is_accepted_even_on_a_full_node() {
-    // 3 + 3 = 6 CPUs on a 4-CPU node (over-committed by someone else), and b asks for what it has:
-    // the case of a resize sent to pods/resize before Accepted could be written.
-    let n = node("4", "8Gi");
-    let pods = vec![pod("a", "3", "1Gi", None), pod("b", "3", "1Gi", Some(("Created", cpu("3000m"))))];
-    let d = decide_node(&n, &pods);
-    assert_eq!(d[0].outcome, Ok("fits node node-a: the pod's spec already holds these values".into()));
-    // Any change is still checked.
-    let pods = vec![pod("a", "3", "1Gi", None), pod("b", "3", "1Gi", Some(("Created", cpu("2"))))];
-    assert_eq!(
-        decide_node(&n, &pods)[0].outcome,
-        Err("does not fit node node-a: cpu requests would be 5000m of 4000m allocatable".into())
-    );
-}
-
-#[test]
 fn two_requests_on_one_node_cannot_both_take_the_last_cpu() {
     let n = node("4", "8Gi");
     let pods = vec![
